@@ -1,0 +1,18 @@
+"""Helpers shared by the tests: a fake upstream DNS server and a real server process harness.
+
+Nothing here is imported by the server itself; everything binds or talks to loopback only.
+"""
+
+from fastdns._testing.fake_upstream import MODES, AnswerFn, FakeUpstream, QueryRecord, free_port
+from fastdns._testing.server_process import ServerProcess, ServerStartError, query
+
+__all__ = [
+    "MODES",
+    "AnswerFn",
+    "FakeUpstream",
+    "QueryRecord",
+    "ServerProcess",
+    "ServerStartError",
+    "free_port",
+    "query",
+]

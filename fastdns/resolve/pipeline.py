@@ -1,0 +1,130 @@
+"""Miss path: what happens to a question the hit path could not answer from cache.
+
+Order (one line each, with its reason):
+  1. Coalescer  # identical questions in flight share one upstream resolution (SPEC §2)
+  2. Forwarder  # upstream with failover; bounded by resolver.timeout_s → SERVFAIL, never silence
+  3. Cache      # store per RFC 2308 / TTL policy, then render for every waiter
+Guards (ACL, rate limit) and protocol errors were already handled on the hit path, in C.
+
+Must not: parse packets itself (fastdns.wire does), or block: everything here is async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+
+from fastdns._fastpath import HitPath, monotonic_now, pack_sockaddr
+from fastdns.cache import Cache
+from fastdns.errors import RCODE_SERVFAIL, ResolveError
+from fastdns.resolve.coalesce import Coalescer
+from fastdns.resolve.forward import Forwarder
+from fastdns.resolve.question import Question
+from fastdns.wire import (
+    ParsedQuery,
+    PreparedReply,
+    WireError,
+    parse_query,
+    render_error,
+    render_prepared,
+)
+
+log = logging.getLogger("fastdns.resolve")
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The outcome shared by every waiter of one question."""
+
+    prepared: PreparedReply
+    upstream_index: int  # index into MissPath.upstream_names
+    stored_at: float  # monotonic seconds, to count TTLs down for late waiters
+
+
+class MissPath:
+    """Resolves misses and sends their replies (UDP) or returns them (TCP)."""
+
+    def __init__(
+        self,
+        *,
+        cache: Cache,
+        hitpath: HitPath,
+        forwarder: Forwarder,
+        timeout_s: float,
+        upstream_names: list[str],
+        max_inflight: int = 10_000,
+    ) -> None:
+        self._cache = cache
+        self._hitpath = hitpath
+        self._forwarder = forwarder
+        self._timeout_s = timeout_s
+        self._upstream_index = {name: i for i, name in enumerate(upstream_names)}
+        self.upstream_names = list(upstream_names)
+        self._max_inflight = max_inflight
+        self._coalescer: Coalescer[Resolved] = Coalescer()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._udp_sock: socket.socket | None = None
+        self.servfail = 0
+        self.overload = 0
+        self.send_errors = 0
+
+    def attach_udp(self, sock: socket.socket) -> None:
+        self._udp_sock = sock
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def on_udp_miss(self, data: bytes, addr: tuple) -> None:
+        """Called from the C batch loop for each UDP miss: schedule it, return at once."""
+        if len(self._tasks) >= self._max_inflight:
+            # Bounded work: past the limit a question gets SERVFAIL now instead of a Task.
+            self.overload += 1
+            self._send_udp(render_error(parse_query(data), RCODE_SERVFAIL), addr)
+            return
+        task = asyncio.ensure_future(self._answer_udp(data, addr, monotonic_now()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def answer(self, data: bytes, *, tcp: bool) -> tuple[bytes, int]:
+        """The reply to a query the hit path missed, and the upstream index (-1 if none)."""
+        pq = parse_query(data)
+        try:
+            resolved = await self._coalescer.run(pq.key, lambda: self._resolve(pq))
+        except (ResolveError, WireError, asyncio.TimeoutError) as exc:
+            self.servfail += 1
+            log.debug("SERVFAIL for %r: %s", pq.qname_wire, exc)
+            return render_error(pq, RCODE_SERVFAIL), -1
+        age = max(0, int(monotonic_now() - resolved.stored_at))
+        return render_prepared(resolved.prepared, pq, age, tcp), resolved.upstream_index
+
+    async def drain(self) -> None:
+        """Let in-flight questions finish (bounded by the resolution budget)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._timeout_s + 1.0)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _resolve(self, pq: ParsedQuery) -> Resolved:
+        q = Question(pq.qname_wire_lower, pq.qtype, pq.qclass, pq.do, pq.cd)
+        result = await asyncio.wait_for(self._forwarder.resolve(q), self._timeout_s)
+        prepared = self._cache.prepare(result.reply_wire)
+        now = monotonic_now()
+        self._cache.store(pq.key, prepared, now)
+        return Resolved(prepared, self._upstream_index.get(result.upstream, -1), now)
+
+    async def _answer_udp(self, data: bytes, addr: tuple, started: float) -> None:
+        reply, upstream = await self.answer(data, tcp=False)
+        self._send_udp(reply, addr)
+        self._hitpath.log_miss(data, reply, pack_sockaddr(addr), monotonic_now() - started, upstream)
+
+    def _send_udp(self, reply: bytes, addr: tuple) -> None:
+        assert self._udp_sock is not None
+        try:
+            self._udp_sock.sendto(reply, addr)
+        except OSError:
+            self.send_errors += 1  # full send buffer or unreachable client: never stall

@@ -1,0 +1,256 @@
+"""The server process: sockets, the event loop, workers, signals and graceful shutdown.
+
+Owns: binding UDP/TCP, wiring the compiled hit path to the event loop, composing the miss
+path and the query log at start-up (a disabled feature is simply not wired in), the
+SO_REUSEPORT worker processes, SIGTERM/SIGINT draining.
+Must not: parse DNS or make resolution decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from fastdns._fastpath import HitPath
+from fastdns.cache import Cache
+from fastdns.config import Settings
+from fastdns.errors import ConfigError
+from fastdns.querylog import QueryLog
+from fastdns.resolve.forward import Forwarder
+from fastdns.resolve.pipeline import MissPath
+from fastdns.transport import TcpConnection, TcpServerState
+
+log = logging.getLogger("fastdns")
+
+LOG_PUMP_INTERVAL_S = 0.05
+
+
+@dataclass
+class Runtime:
+    """Everything one worker process runs, for shutdown and for later observers."""
+
+    cache: Cache
+    hitpath: HitPath
+    misspath: MissPath
+    forwarder: Forwarder
+    tcp_state: TcpServerState
+    querylog: QueryLog | None
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT. Returns the process exit code."""
+    if settings.resolver.mode != "forward":
+        raise ConfigError(
+            [f"resolver.mode: {settings.resolver.mode!r} is not available in this version; "
+             "use 'forward'"]
+        )
+    _configure_logging(settings)
+    workers = settings.server.workers
+    if workers <= 1:
+        return _run_worker(settings, reuse_port=False)
+    return _run_workers(settings, workers)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.logging.level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def _run_worker(settings: Settings, *, reuse_port: bool) -> int:
+    loop_name = _install_uvloop()
+    try:
+        asyncio.run(serve(settings, reuse_port=reuse_port, loop_name=loop_name))
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    return 0
+
+
+def _run_workers(settings: Settings, workers: int) -> int:
+    """One process per worker, all bound to the same port with SO_REUSEPORT; the kernel
+    spreads clients across them. The parent only supervises and forwards signals."""
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_worker(settings, reuse_port=True)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
+    code = 0
+    for child in children:
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        child_code = os.waitstatus_to_exitcode(status)
+        if child_code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            code = 1
+            forward(signal.SIGTERM, None)  # one worker failed: take the others down too
+    return code
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+
+def _udp_socket(settings: Settings, reuse_port: bool) -> socket.socket:
+    s = settings.server
+    sock = socket.socket(_family(s.bind_address), socket.SOCK_DGRAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Bursts must queue in the kernel, not be dropped: ask for a large receive buffer
+    # (SO_RCVBUFFORCE passes net.core.rmem_max when we are privileged).
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if opt is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, s.udp_recv_buffer_bytes)
+            break
+        except OSError:
+            continue
+    sock.setblocking(False)
+    sock.bind((s.bind_address, s.dns_port))
+    return sock
+
+
+def _tcp_socket(settings: Settings, reuse_port: bool) -> socket.socket:
+    s = settings.server
+    sock = socket.socket(_family(s.bind_address), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setblocking(False)
+    sock.bind((s.bind_address, s.dns_port))
+    return sock
+
+
+def _allowed_networks(settings: Settings) -> list[tuple[bytes, int]]:
+    return [(net.network_address.packed, net.prefixlen) for net in settings.security.allowed_networks]
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Compose the paths once, at start-up: features that are off are not wired in."""
+    cache = Cache(settings.cache)
+    hitpath = HitPath(
+        cache.lru,
+        allowed_networks=_allowed_networks(settings),
+        rate_per_s=float(settings.security.rate_limit_per_ip),
+        log_enabled=settings.logging.query_log,
+        seed=secrets.randbits(64),
+    )
+    forwarder = Forwarder(
+        settings.upstream_servers,
+        timeout_s=settings.resolver.timeout_s,
+        retry_interval_s=settings.resolver.retry_interval_s,
+    )
+    names = [u["address"] for u in forwarder.stats()]
+    misspath = MissPath(
+        cache=cache,
+        hitpath=hitpath,
+        forwarder=forwarder,
+        timeout_s=settings.resolver.timeout_s,
+        upstream_names=names,
+    )
+    hitpath.on_miss = misspath.on_udp_miss
+    tcp_state = TcpServerState(
+        hitpath,
+        misspath,
+        idle_timeout_s=settings.server.tcp_idle_timeout_s,
+        max_connections=settings.server.tcp_max_connections,
+    )
+    querylog = QueryLog.from_settings(settings.logging) if settings.logging.query_log else None
+    return Runtime(cache, hitpath, misspath, forwarder, tcp_state, querylog)
+
+
+async def _pump_query_log(rt: Runtime) -> None:
+    """Move compact records from the C buffer to the JSON writer, in batches."""
+    assert rt.querylog is not None
+    names = rt.misspath.upstream_names
+    while True:
+        await asyncio.sleep(LOG_PUMP_INTERVAL_S)
+        _drain_into(rt, names)
+
+
+def _drain_into(rt: Runtime, names: list[str]) -> None:
+    assert rt.querylog is not None
+    append = rt.querylog.append
+    for wall, ip, query, reply, hit, upstream, elapsed_us in rt.hitpath.drain_log():
+        append((wall, ip, query, reply, hit, names[upstream] if upstream >= 0 else None, elapsed_us))
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False, loop_name: str = "asyncio") -> None:
+    """Run one worker until SIGTERM/SIGINT, then drain and stop."""
+    loop = asyncio.get_running_loop()
+    rt = build_runtime(settings)
+    udp = _udp_socket(settings, reuse_port)
+    tcp = _tcp_socket(settings, reuse_port)
+    rt.misspath.attach_udp(udp)
+    rt.hitpath.attach_udp(udp.fileno())
+    loop.add_reader(udp.fileno(), rt.hitpath.on_readable)
+    tcp_server = await loop.create_server(lambda: TcpConnection(rt.tcp_state), sock=tcp, backlog=4096)
+
+    background: list[asyncio.Task[None]] = []
+    if rt.querylog is not None:
+        background.append(asyncio.ensure_future(rt.querylog.run()))
+        background.append(asyncio.ensure_future(_pump_query_log(rt)))
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bound = udp.getsockname()
+    log.info(
+        "fastdns listening on udp+tcp %s port %d (%s, pid %d), forwarding to %s",
+        bound[0], bound[1], loop_name, os.getpid(),
+        ", ".join(str(u) for u in settings.upstream_servers),
+    )
+    try:
+        await stop.wait()
+    finally:
+        # Graceful stop: no new queries, let in-flight ones finish, flush the log.
+        loop.remove_reader(udp.fileno())
+        tcp_server.close()
+        await rt.misspath.drain()
+        rt.tcp_state.close_idle()
+        if rt.querylog is not None:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            _drain_into(rt, rt.misspath.upstream_names)
+            await rt.querylog.close()
+        udp.close()
+        log.info("fastdns stopped")
