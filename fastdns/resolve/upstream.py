@@ -1,0 +1,231 @@
+"""One query to one upstream: build it, send it over UDP or TCP, accept only the matching reply.
+
+Owns the wire side of talking to an upstream resolver: `build_query` (random ID, RD, CD, EDNS0
+OPT with DO), `exchange_udp` (fresh connected socket per exchange) and `exchange_tcp` (RFC 1035
+§4.2.2 framing). Replies are parsed only as far as needed to match them to the query (ID, QR
+bit, question); the bytes returned are exactly the bytes received.
+
+Must not: choose upstreams, keep health or RTT state (that is `forward.py`), interpret the
+reply beyond matching it, or leave a socket open after an exchange returns or raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import struct
+from collections.abc import Callable
+
+from fastdns.errors import UpstreamFailed, UpstreamTimeout
+from fastdns.resolve.question import Question
+
+HEADER_SIZE = 12
+FLAG_QR = 0x8000
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+FLAG_CD = 0x0010
+QTYPE_OPT = 41
+# RFC 6891 §6.2.5 and the DNS Flag Day 2020 value: large enough for most answers, small
+# enough to avoid IP fragmentation (fragments are a cache-poisoning vector).
+EDNS_UDP_PAYLOAD = 1232
+EDNS_FLAG_DO = 0x8000  # RFC 3225 §3: top bit of the OPT TTL's flags half
+
+_HEADER = struct.Struct("!HHHHHH")
+_QTYPE_QCLASS = struct.Struct("!HH")
+# OPT pseudo-RR after its root owner name: TYPE, CLASS = UDP payload, TTL = ext-rcode/version/
+# flags, RDLENGTH = 0 (RFC 6891 §6.1.2).
+_OPT = struct.Struct("!HHIH")
+_TCP_LENGTH = struct.Struct("!H")
+
+MismatchCallback = Callable[[bytes], None]
+
+
+def build_query(q: Question) -> tuple[int, bytes]:
+    """Build the upstream query for `q`; return (message ID, wire bytes).
+
+    The ID comes from the OS CSPRNG: with the random source port of each exchange it is what
+    an off-path spoofer has to guess (RFC 5452 §9.2). RD=1 because a forwarder asks a
+    recursive resolver; CD is passed on as the client set it (RFC 4035 §3.2.2). An EDNS0 OPT
+    record advertises `EDNS_UDP_PAYLOAD` and carries DO when the client asked for DNSSEC
+    records (RFC 6891, RFC 3225).
+    """
+    qid = secrets.randbits(16)
+    flags = FLAG_RD | (FLAG_CD if q.cd else 0)
+    header = _HEADER.pack(qid, flags, 1, 0, 0, 1)
+    opt = b"\x00" + _OPT.pack(QTYPE_OPT, EDNS_UDP_PAYLOAD, EDNS_FLAG_DO if q.do else 0, 0)
+    return qid, header + q.qname_wire + _QTYPE_QCLASS.pack(q.qtype, q.qclass) + opt
+
+
+class ReplyMatcher:
+    """Decides whether a datagram is the reply to one query (RFC 5452 §9.1).
+
+    A reply matches when its ID equals the query's, QR=1, QDCOUNT=1 and its question equals the
+    query's: qname compared case-insensitively (a 0x20-randomising upstream may change case,
+    RFC 4343), qtype and qclass exactly. The address/port check is done by the kernel: every
+    exchange uses a connected socket, which drops datagrams from any other source.
+    """
+
+    __slots__ = ("_end", "_id", "_qname_lower", "_qtype_qclass")
+
+    def __init__(self, query_wire: bytes) -> None:
+        end = _question_name_end(query_wire)
+        if end + 4 > len(query_wire):
+            raise ValueError("query has no complete question section")
+        self._id = query_wire[:2]
+        # bytes.lower() touches only A-Z; label lengths (<= 63) and type/class are kept apart.
+        self._qname_lower = query_wire[HEADER_SIZE:end].lower()
+        self._qtype_qclass = query_wire[end : end + 4]
+        self._end = end
+
+    def matches(self, reply: bytes) -> bool:
+        """True if `reply` answers the query this matcher was built from."""
+        end = self._end
+        if len(reply) < end + 4:
+            return False
+        if reply[:2] != self._id or not reply[2] & (FLAG_QR >> 8) or reply[4:6] != b"\x00\x01":
+            return False
+        # The first name in a message cannot be a compression pointer (nothing precedes it to
+        # point at), so comparing the same byte span is comparing the name.
+        return (
+            reply[HEADER_SIZE:end].lower() == self._qname_lower
+            and reply[end : end + 4] == self._qtype_qclass
+        )
+
+
+def _question_name_end(wire: bytes) -> int:
+    """Offset just past the (uncompressed) qname of the first question of a query we built."""
+    pos = HEADER_SIZE
+    size = len(wire)
+    while True:
+        if pos >= size:
+            raise ValueError("query qname runs past the end of the message")
+        length = wire[pos]
+        if length == 0:
+            return pos + 1
+        if length > 63:
+            raise ValueError("query qname is compressed or has a bad label length")
+        pos += 1 + length
+
+
+def reply_rcode(reply: bytes) -> int:
+    """The 4-bit header RCODE of a matched reply."""
+    return reply[3] & 0x0F
+
+
+def reply_truncated(reply: bytes) -> bool:
+    """True if the reply has TC=1 (RFC 1035 §4.1.1): ask again over TCP."""
+    return bool(reply[2] & (FLAG_TC >> 8))
+
+
+class _UdpExchange(asyncio.DatagramProtocol):
+    """Datagram protocol of one exchange: resolves `reply` with the first matching datagram."""
+
+    __slots__ = ("_matcher", "_on_mismatch", "_reply")
+
+    def __init__(
+        self,
+        matcher: ReplyMatcher,
+        reply: asyncio.Future[bytes],
+        on_mismatch: MismatchCallback | None,
+    ) -> None:
+        self._matcher = matcher
+        self._reply = reply
+        self._on_mismatch = on_mismatch
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if self._reply.done():
+            return
+        if self._matcher.matches(data):
+            self._reply.set_result(data)
+        elif self._on_mismatch is not None:
+            # RFC 5452 §9.1: a non-matching reply is dropped and we keep waiting; the caller
+            # only hears about it (e.g. to try the next upstream sooner).
+            self._on_mismatch(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # On a connected socket this is the upstream's ICMP error (port unreachable, ...).
+        if not self._reply.done():
+            self._reply.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._reply.done():
+            self._reply.set_exception(exc or ConnectionError("socket closed"))
+
+
+async def exchange_udp(
+    host: str,
+    port: int,
+    query_wire: bytes,
+    timeout_s: float,
+    *,
+    on_mismatch: MismatchCallback | None = None,
+) -> bytes:
+    """Send `query_wire` to host:port over UDP; return the first matching reply, as received.
+
+    Each call opens a fresh socket connected to the upstream: the kernel binds it to a random
+    ephemeral port (RFC 5452 §9.2, source port randomisation) and drops datagrams from any
+    other address or port. Datagrams that do not match (ID, QR, question) are ignored and
+    reported to `on_mismatch`, if given. Raises `UpstreamTimeout` when nothing matches within
+    `timeout_s`, `UpstreamFailed` when the socket reports an error (e.g. ICMP port
+    unreachable). The socket is closed before this returns or raises, cancellation included.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    matcher = ReplyMatcher(query_wire)
+    reply: asyncio.Future[bytes] = loop.create_future()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpExchange(matcher, reply, on_mismatch), remote_addr=(host, port)
+        )
+    except OSError as exc:
+        raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
+    try:
+        transport.sendto(query_wire)
+        return await asyncio.wait_for(reply, max(0.0, deadline - loop.time()))
+    except asyncio.TimeoutError:
+        where = format_address(host, port)
+        raise UpstreamTimeout(f"{where}: no reply within {timeout_s:g}s") from None
+    except OSError as exc:
+        raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
+    finally:
+        transport.close()
+
+
+async def exchange_tcp(host: str, port: int, query_wire: bytes, timeout_s: float) -> bytes:
+    """Send `query_wire` to host:port over TCP; return the first matching reply, as received.
+
+    Messages are framed with a 2-byte length (RFC 1035 §4.2.2, RFC 7766 §8). One connection per
+    exchange, closed before this returns: it serves the rare retry after TC=1, where reusing
+    connections (RFC 7766 §6.2.1) would buy little. Non-matching messages on the connection are
+    skipped. Raises `UpstreamTimeout` past `timeout_s` (connect included), `UpstreamFailed` if
+    the connection fails or closes before a matching reply.
+    """
+    if len(query_wire) > 0xFFFF:
+        raise ValueError("query too large for TCP framing")
+    matcher = ReplyMatcher(query_wire)
+    try:
+        return await asyncio.wait_for(_tcp_round_trip(host, port, query_wire, matcher), timeout_s)
+    except asyncio.TimeoutError:
+        where = format_address(host, port)
+        raise UpstreamTimeout(f"{where} (tcp): no reply within {timeout_s:g}s") from None
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        raise UpstreamFailed(f"{format_address(host, port)} (tcp): {exc!r}") from exc
+
+
+async def _tcp_round_trip(host: str, port: int, query_wire: bytes, matcher: ReplyMatcher) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(_TCP_LENGTH.pack(len(query_wire)) + query_wire)
+        await writer.drain()
+        while True:
+            (length,) = _TCP_LENGTH.unpack(await reader.readexactly(2))
+            message = await reader.readexactly(length)
+            if matcher.matches(message):
+                return message
+    finally:
+        writer.close()
+
+
+def format_address(host: str, port: int) -> str:
+    """Return host:port, with an IPv6 host in brackets ("[::1]:53"), as config and logs spell it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

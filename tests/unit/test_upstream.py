@@ -1,0 +1,335 @@
+"""One upstream exchange: query building, reply matching, UDP and TCP round trips on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import pytest
+import uvloop
+
+from fastdns._testing.fake_upstream import FakeUpstream, free_port
+from fastdns.errors import UpstreamFailed, UpstreamTimeout
+from fastdns.resolve.question import Question
+from fastdns.resolve.upstream import (
+    EDNS_UDP_PAYLOAD,
+    ReplyMatcher,
+    build_query,
+    exchange_tcp,
+    exchange_udp,
+    format_address,
+    reply_rcode,
+    reply_truncated,
+)
+
+EXAMPLE_ORG = b"\x07example\x03org\x00"
+Q_A = Question(EXAMPLE_ORG, dns.rdatatype.A, dns.rdataclass.IN)
+
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Run a coroutine to completion on a fresh loop of each implementation."""
+    return asyncio.run if request.param == "asyncio" else uvloop.run
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def ipv6_loopback_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def reply_to(query_wire: bytes, **changes: Any) -> dns.message.Message:
+    """A response to our query, with header/question fields changed as a test needs."""
+    query = dns.message.from_wire(query_wire)
+    reply = dns.message.make_response(query)
+    for key, value in changes.items():
+        setattr(reply, key, value)
+    return reply
+
+
+# ------------------------------------------------------------------ build_query
+
+
+@pytest.mark.parametrize("do", [False, True])
+@pytest.mark.parametrize("cd", [False, True])
+def test_build_query_sets_rd_cd_and_edns_do(do: bool, cd: bool) -> None:
+    q = Question(EXAMPLE_ORG, dns.rdatatype.AAAA, dns.rdataclass.IN, do=do, cd=cd)
+    qid, wire = build_query(q)
+    msg = dns.message.from_wire(wire)
+    assert msg.id == qid
+    assert msg.flags & dns.flags.RD
+    assert bool(msg.flags & dns.flags.CD) is cd
+    assert not msg.flags & dns.flags.QR
+    assert msg.edns == 0
+    assert msg.payload == EDNS_UDP_PAYLOAD
+    assert bool(msg.ednsflags & dns.flags.DO) is do
+    assert len(msg.question) == 1
+    rrset = msg.question[0]
+    assert rrset.name.to_wire() == EXAMPLE_ORG
+    assert rrset.rdtype == dns.rdatatype.AAAA
+    assert rrset.rdclass == dns.rdataclass.IN
+
+
+def test_build_query_ids_are_random() -> None:
+    ids = {build_query(Q_A)[0] for _ in range(64)}
+    assert len(ids) > 32  # 64 draws from 65536 values: collisions are rare, repeats are a bug
+
+
+def test_question_bytes_is_the_wire_question() -> None:
+    assert Q_A.question_bytes == EXAMPLE_ORG + b"\x00\x01\x00\x01"
+
+
+# ------------------------------------------------------------------ ReplyMatcher
+
+
+def test_matcher_accepts_the_reply_whatever_the_qname_case() -> None:
+    _, query = build_query(Q_A)
+    reply = reply_to(query)
+    reply.question[0].name = dns.name.from_text("ExAmPlE.OrG.")
+    assert ReplyMatcher(query).matches(reply.to_wire())
+
+
+def test_matcher_rejects_wrong_id() -> None:
+    qid, query = build_query(Q_A)
+    assert not ReplyMatcher(query).matches(reply_to(query, id=(qid + 1) & 0xFFFF).to_wire())
+
+
+def test_matcher_rejects_a_query_bounced_back() -> None:
+    _, query = build_query(Q_A)
+    assert not ReplyMatcher(query).matches(query)  # QR=0
+
+
+def test_matcher_rejects_other_question() -> None:
+    _, query = build_query(Q_A)
+    matcher = ReplyMatcher(query)
+    for name, rdtype, rdclass in [
+        ("example.net.", dns.rdatatype.A, dns.rdataclass.IN),
+        ("example.org.", dns.rdatatype.AAAA, dns.rdataclass.IN),
+        ("example.org.", dns.rdatatype.A, dns.rdataclass.CH),
+        ("www.example.org.", dns.rdatatype.A, dns.rdataclass.IN),
+    ]:
+        reply = reply_to(query)
+        reply.question = [dns.rrset.RRset(dns.name.from_text(name), rdclass, rdtype)]
+        assert not matcher.matches(reply.to_wire()), (name, rdtype, rdclass)
+
+
+def test_matcher_does_not_case_fold_qtype() -> None:
+    # qtype 65 is 0x0041 ("A" as a byte): only the name may be compared case-insensitively.
+    q = Question(EXAMPLE_ORG, 65, dns.rdataclass.IN)
+    _, query = build_query(q)
+    reply = bytearray(reply_to(query).to_wire())
+    end = 12 + len(EXAMPLE_ORG)
+    assert reply[end : end + 2] == b"\x00\x41"
+    assert ReplyMatcher(query).matches(bytes(reply))
+    reply[end + 1] = 0x61
+    assert not ReplyMatcher(query).matches(bytes(reply))
+
+
+def test_matcher_rejects_short_and_questionless_replies() -> None:
+    _, query = build_query(Q_A)
+    matcher = ReplyMatcher(query)
+    full = reply_to(query).to_wire()
+    for cut in range(12 + len(EXAMPLE_ORG) + 4):
+        assert not matcher.matches(full[:cut])
+    no_question = reply_to(query)
+    no_question.question = []
+    assert not matcher.matches(no_question.to_wire())
+    assert not matcher.matches(b"")
+
+
+def test_rcode_and_tc_helpers() -> None:
+    _, query = build_query(Q_A)
+    reply = reply_to(query)
+    reply.set_rcode(dns.rcode.SERVFAIL)
+    reply.flags |= dns.flags.TC
+    wire = reply.to_wire()
+    assert reply_rcode(wire) == dns.rcode.SERVFAIL
+    assert reply_truncated(wire)
+    assert not reply_truncated(reply_to(query).to_wire())
+
+
+def test_format_address() -> None:
+    assert format_address("127.0.0.1", 53) == "127.0.0.1:53"
+    assert format_address("::1", 5353) == "[::1]:5353"
+
+
+# ------------------------------------------------------------------ exchange_udp
+
+
+def test_udp_returns_the_exact_bytes_received(run: Runner) -> None:
+    sent: list[bytes] = []
+
+    def answer(query: dns.message.Message) -> bytes:
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.AA
+        # 0x20-style case change and an unusual but valid layout: returned untouched.
+        reply.question[0].name = dns.name.from_text("EXAMPLE.org.")
+        wire = reply.to_wire()
+        sent.append(wire)
+        return wire
+
+    with FakeUpstream().answer_fn(answer) as up:
+        _, query = build_query(Q_A)
+        got = run(exchange_udp(up.host, up.port, query, 2.0))
+    assert got == sent[0]
+    assert up.udp_calls == 1
+
+
+def test_udp_ignores_mismatches_and_reports_them(run: Runner) -> None:
+    for mode in ("garbage", "wrong_id", "wrong_question"):
+        seen: list[bytes] = []
+        with FakeUpstream(mode=mode).answer("example.org. 300 IN A 192.0.2.1") as up:
+            _, query = build_query(Q_A)
+            with pytest.raises(UpstreamTimeout):
+                run(exchange_udp(up.host, up.port, query, 0.3, on_mismatch=seen.append))
+        assert up.calls == 1
+        assert len(seen) == 1, mode
+
+
+class _ScriptedUpstream(asyncio.DatagramProtocol):
+    """Answers each query with a forged reply (wrong ID), then the real one.
+
+    Before both, a perfect reply with a different answer arrives from another port: the
+    connected socket of the exchange must never let it in.
+    """
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.good: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        query = dns.message.from_wire(data)
+        evil = dns.message.make_response(query)
+        evil.answer.append(dns.rrset.from_text("example.org.", 300, "IN", "A", "203.0.113.66"))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other_port:
+            other_port.sendto(evil.to_wire(), addr)
+        forged = dns.message.make_response(query)
+        forged.id = (query.id + 1) & 0xFFFF
+        self.transport.sendto(forged.to_wire(), addr)
+        good = dns.message.make_response(query)
+        good.answer.append(dns.rrset.from_text("example.org.", 300, "IN", "A", "192.0.2.1"))
+        self.good.append(good.to_wire())
+        self.transport.sendto(self.good[-1], addr)
+
+
+def test_udp_accepts_only_the_real_reply_from_the_real_source(run: Runner) -> None:
+    seen: list[bytes] = []
+
+    async def go() -> tuple[bytes, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        transport, server = await loop.create_datagram_endpoint(
+            _ScriptedUpstream, local_addr=("127.0.0.1", 0)
+        )
+        try:
+            port = transport.get_extra_info("sockname")[1]
+            _, query = build_query(Q_A)
+            got = await exchange_udp("127.0.0.1", port, query, 2.0, on_mismatch=seen.append)
+            return got, server.good
+        finally:
+            transport.close()
+
+    got, good = run(go())
+    assert got == good[0]
+    assert len(seen) == 1  # the forged ID; the other port's datagram never arrived
+
+
+def test_udp_closed_port_fails_fast(run: Runner) -> None:
+    _, query = build_query(Q_A)
+    with pytest.raises(UpstreamFailed):
+        run(exchange_udp("127.0.0.1", free_port(), query, 5.0))
+
+
+def test_udp_source_ports_and_ids_differ(run: Runner) -> None:
+    async def five(host: str, port: int) -> None:
+        for _ in range(5):
+            _, query = build_query(Q_A)
+            await exchange_udp(host, port, query, 2.0)
+
+    with FakeUpstream().answer("example.org. 300 IN A 192.0.2.1") as up:
+        run(five(up.host, up.port))
+    assert len({r.src_port for r in up.queries}) > 1
+    assert len({r.id for r in up.queries}) > 1
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
+def test_udp_over_ipv6(run: Runner) -> None:
+    with FakeUpstream(host="::1").answer("example.org. 300 IN A 192.0.2.1") as up:
+        _, query = build_query(Q_A)
+        got = run(exchange_udp("::1", up.port, query, 2.0))
+    assert dns.message.from_wire(got).answer[0].to_text() == "example.org. 300 IN A 192.0.2.1"
+
+
+def test_udp_leaves_no_socket_behind(run: Runner) -> None:
+    async def go(host: str, port: int) -> None:
+        _, query = build_query(Q_A)
+        with pytest.raises(UpstreamTimeout):
+            await exchange_udp(host, port, query, 0.2)
+        task = asyncio.ensure_future(exchange_udp(host, port, query, 5.0))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    before = open_fds()
+    with FakeUpstream(mode="silent") as up:
+        run(go(up.host, up.port))
+    assert open_fds() == before
+
+
+# ------------------------------------------------------------------ exchange_tcp
+
+
+def test_tcp_round_trip(run: Runner) -> None:
+    with FakeUpstream().answer("example.org. 300 IN A 192.0.2.1") as up:
+        _, query = build_query(Q_A)
+        got = run(exchange_tcp(up.host, up.port, query, 2.0))
+    assert ReplyMatcher(query).matches(got)
+    assert up.tcp_calls == 1 and up.udp_calls == 0
+    assert dns.message.from_wire(got).answer[0].to_text() == "example.org. 300 IN A 192.0.2.1"
+
+
+def test_tcp_skips_non_matching_messages(run: Runner) -> None:
+    with FakeUpstream(mode="wrong_id").answer("example.org. 300 IN A 192.0.2.1") as up:
+        _, query = build_query(Q_A)
+        with pytest.raises(UpstreamTimeout):
+            run(exchange_tcp(up.host, up.port, query, 0.3))
+
+
+def test_tcp_closed_port_fails(run: Runner) -> None:
+    _, query = build_query(Q_A)
+    with pytest.raises(UpstreamFailed):
+        run(exchange_tcp("127.0.0.1", free_port(), query, 5.0))
+
+
+def test_tcp_silent_times_out_and_closes(run: Runner) -> None:
+    before = open_fds()
+    with FakeUpstream(mode="silent") as up:
+        _, query = build_query(Q_A)
+        with pytest.raises(UpstreamTimeout):
+            run(exchange_tcp(up.host, up.port, query, 0.2))
+    assert open_fds() == before
