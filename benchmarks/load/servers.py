@@ -1,0 +1,239 @@
+"""The authoritative upstream (NSD) and the resolvers under test, with their configs.
+
+Owns writing a config for each program so that it listens on 127.0.0.1 only and
+forwards only to the local upstream, and reporting its version or why it is missing.
+It must not produce a config that can send a packet off the loopback interface:
+every config passes ``assert_loopback_only`` before it is used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.load.dnswire import LOOPBACK
+from benchmarks.load.procs import BenchError
+
+ZONE = "bench.example."
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
+
+
+def assert_loopback_only(text: str, what: str) -> None:
+    """Refuse a config that names any IPv4 address outside 127.0.0.0/8."""
+    for match in _IPV4.findall(text):
+        try:
+            addr = ipaddress.IPv4Address(match)
+        except ipaddress.AddressValueError:
+            continue
+        if not addr.is_loopback:
+            raise BenchError(f"{what}: refusing non-loopback address {addr}")
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30,
+                             cwd=REPO_ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.strip():
+            return line.split("  ")[0].strip()  # dnsmasq appends its copyright notice
+    return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    argv: list[str]
+    cwd: Path | None = None
+
+
+# --- authoritative upstream -------------------------------------------------------------
+
+def nsd_version() -> str:
+    return _first_line(["nsd", "-v"])
+
+
+def nsd_launch(workdir: Path, port: int) -> Launch:
+    """NSD serving bench.example. with a wildcard A record (TTL 3600), one server process."""
+    if shutil.which("nsd") is None:
+        raise BenchError("nsd is not installed (apt-get install nsd); it is the local upstream")
+    zonefile = workdir / "bench.example.zone"
+    # The glue and the wildcard are data only; no resolver chases them in forward mode.
+    zonefile.write_text(
+        f"$ORIGIN {ZONE}\n$TTL 3600\n"
+        f"@ IN SOA ns.{ZONE} hostmaster.{ZONE} 1 3600 600 86400 3600\n"
+        f"@ IN NS ns.{ZONE}\n"
+        "ns IN A 127.0.0.1\n"
+        "* IN A 192.0.2.1\n"
+    )
+    conf = f"""server:
+  ip-address: {LOOPBACK}
+  port: {port}
+  do-ip4: yes
+  do-ip6: no
+  server-count: 1
+  username: ""
+  chroot: ""
+  zonesdir: "{workdir}"
+  database: ""
+  zonelistfile: "{workdir}/nsd.zone.list"
+  xfrdfile: "{workdir}/nsd.xfrd.state"
+  xfrdir: "{workdir}"
+  pidfile: "{workdir}/nsd.pid"
+  logfile: "{workdir}/nsd.log"
+  verbosity: 0
+  refuse-any: yes
+  # Response rate limiting is on by default (200 qps per client prefix); every query
+  # here comes from 127.0.0.1, so it would throttle the upstream to a trickle.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+remote-control:
+  control-enable: no
+zone:
+  name: "{ZONE}"
+  zonefile: "{zonefile}"
+"""
+    assert_loopback_only(conf, "nsd.conf")
+    path = workdir / "nsd.conf"
+    path.write_text(conf)
+    return Launch(["nsd", "-d", "-c", str(path)])
+
+
+# --- resolvers under test ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Resolver:
+    name: str
+    binary: str
+
+    def missing_reason(self) -> str | None:
+        if self.binary == "fastdns":
+            probe = subprocess.run([sys.executable, "-m", "fastdns", "version"],
+                                   capture_output=True, text=True, check=False, cwd=REPO_ROOT,
+                                   timeout=60)
+            if probe.returncode != 0:
+                tail = (probe.stderr or probe.stdout).strip().splitlines()[-1:]
+                return "`python -m fastdns version` failed" + (f": {tail[0]}" if tail else "")
+            return None
+        if shutil.which(self.binary) is None:
+            return f"{self.binary} is not installed"
+        return None
+
+    def version(self) -> str:
+        if self.binary == "fastdns":
+            return _first_line([sys.executable, "-m", "fastdns", "version"])
+        if self.binary == "unbound":
+            return "unbound " + _first_line(["unbound", "-V"]).removeprefix("Version ")
+        return _first_line(["dnsmasq", "--version"])
+
+    def launch(self, workdir: Path, port: int, upstream_port: int) -> Launch:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if self.binary == "unbound":
+            return _unbound(workdir, port, upstream_port)
+        if self.binary == "dnsmasq":
+            return _dnsmasq(workdir, port, upstream_port)
+        return _fastdns(workdir, port, upstream_port, query_log=self.name == "fastdns+log")
+
+
+RESOLVERS: dict[str, Resolver] = {
+    "fastdns": Resolver("fastdns", "fastdns"),
+    "fastdns+log": Resolver("fastdns+log", "fastdns"),
+    "unbound": Resolver("unbound", "unbound"),
+    "dnsmasq": Resolver("dnsmasq", "dnsmasq"),
+}
+
+
+def _unbound(workdir: Path, port: int, upstream_port: int) -> Launch:
+    # forward-first: no means never fall back to recursion from the built-in root hints;
+    # do-not-query-localhost: no is needed for the forwarder on 127.0.0.1 to be used at all.
+    conf = f"""server:
+  interface: {LOOPBACK}
+  port: {port}
+  outgoing-interface: {LOOPBACK}
+  do-ip4: yes
+  do-ip6: no
+  do-udp: yes
+  do-tcp: yes
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  num-threads: 1
+  num-queries-per-thread: 4096
+  outgoing-range: 8192
+  msg-cache-size: 128m
+  rrset-cache-size: 256m
+  module-config: "iterator"
+  qname-minimisation: no
+  prefetch: no
+  chroot: ""
+  username: ""
+  directory: "{workdir}"
+  pidfile: "{workdir}/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  log-queries: no
+  log-replies: no
+  statistics-interval: 0
+remote-control:
+  control-enable: no
+forward-zone:
+  name: "."
+  forward-addr: {LOOPBACK}@{upstream_port}
+  forward-first: no
+"""
+    assert_loopback_only(conf, "unbound.conf")
+    path = workdir / "unbound.conf"
+    path.write_text(conf)
+    if shutil.which("unbound-checkconf"):
+        check = subprocess.run(["unbound-checkconf", str(path)], capture_output=True, text=True,
+                               check=False)
+        if check.returncode != 0:
+            raise BenchError(f"unbound-checkconf rejected the config: {check.stdout}{check.stderr}")
+    return Launch(["unbound", "-d", "-c", str(path)])
+
+
+def _dnsmasq(workdir: Path, port: int, upstream_port: int) -> Launch:
+    argv = [
+        "dnsmasq", "-k",
+        "--conf-file=/dev/null",  # ignore /etc/dnsmasq.conf and its conf-dir
+        "--no-resolv", "--no-poll", "--no-hosts",
+        f"--server={LOOPBACK}#{upstream_port}",
+        f"--port={port}",
+        f"--listen-address={LOOPBACK}",
+        "--bind-interfaces",
+        "--cache-size=10000",
+        "--dns-forward-max=1024",
+        f"--pid-file={workdir}/dnsmasq.pid",
+        f"--log-facility={workdir}/dnsmasq.log",
+        "--user=root",
+    ]
+    assert_loopback_only(" ".join(argv), "dnsmasq command line")
+    return Launch(argv)
+
+
+def _fastdns(workdir: Path, port: int, upstream_port: int, *, query_log: bool) -> Launch:
+    from benchmarks.load.procs import free_port
+
+    config = {
+        "server": {"bind_address": LOOPBACK, "dns_port": port, "web_port": free_port(),
+                   "workers": 1},
+        "upstream_servers": [f"{LOOPBACK}:{upstream_port}"],
+        "cache": {"max_size_mb": 512},
+        "logging": {"level": "WARNING", "query_log": query_log,
+                    "file": str(workdir / ("query.log" if query_log else "fastdns.log"))},
+        "security": {"rate_limit_per_ip": 0},
+        "web": {"enabled": False},
+    }
+    text = json.dumps(config, indent=2) + "\n"  # JSON is valid YAML
+    assert_loopback_only(text, "fastdns config")
+    path = workdir / "fastdns.yaml"
+    path.write_text(text)
+    return Launch([sys.executable, "-m", "fastdns", "serve", "--config", str(path)],
+                  cwd=REPO_ROOT)
