@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh machine, build the compiled modules in
+# place, and run the whole suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# dig/kdig are used by a few integration tests as a second, independent client.
+if ! command -v dig >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The editable install builds the extensions; build them in the tree too so the
+# tests import exactly this checkout's compiled code.
+python3 setup.py -q build_ext --inplace >/dev/null
+exec python3 -m pytest "$@"
