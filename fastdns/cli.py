@@ -3,14 +3,12 @@
 Owns argument parsing, turning flags into settings overrides, and how errors reach the
 terminal (a configuration problem is a message list and exit status 2, never a traceback).
 Does not validate settings itself (config.py does) and does not run the server (server.py
-does; it is imported only by `serve`, so the other commands work without compiled modules).
+does; it is imported only by `serve`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import platform
 import sys
 from collections.abc import Sequence
@@ -18,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fastdns import __version__
+from fastdns import __version__, _wire
 from fastdns.config import Settings, dump_settings, load_settings
 from fastdns.errors import ConfigError
 
@@ -26,8 +24,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # argparse uses 2 for usage errors; a bad configuration is the same kind of mistake
 EXIT_INTERRUPTED = 130
-
-COMPILED_MODULES = ("fastdns._wire", "fastdns._lru", "fastdns._fastpath")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,17 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides=serve_overrides(args))
-    try:
-        from fastdns.server import run
-    except ModuleNotFoundError as exc:
-        if exc.name not in COMPILED_MODULES:
-            raise
-        print(
-            f"fastdns: the compiled module {exc.name} is missing; build it first "
-            "(pip install . or python setup.py build_ext --inplace)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+    from fastdns.server import run
+
     status = run(settings)
     return status if isinstance(status, int) else EXIT_OK
 
@@ -117,22 +104,10 @@ def settings_yaml(settings: Settings) -> str:
 
 
 def _version() -> int:
-    missing = [name.rsplit(".", 1)[1] for name in COMPILED_MODULES if not _is_compiled(name)]
-    compiled = "yes" if not missing else f"no (missing: {', '.join(missing)})"
     print(f"fastdns {__version__}")
     print(f"python {platform.python_version()} ({platform.python_implementation()})")
-    print(f"cython-compiled: {compiled}")
+    print(f"cython-compiled: yes ({_wire.__file__})")
     return EXIT_OK
-
-
-def _is_compiled(module: str) -> bool:
-    """True if `module` is an importable extension module; finds it without importing it."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except ImportError:
-        return False
-    origin = spec.origin if spec is not None else None
-    return origin is not None and origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def _print_config_error(exc: ConfigError) -> None:
