@@ -25,6 +25,7 @@ from fastdns.errors import ConfigError
 from fastdns.querylog import QueryLog
 from fastdns.resolve.forward import Forwarder
 from fastdns.resolve.pipeline import MissPath
+from fastdns.reuseport import attach_name_steering
 from fastdns.transport import TcpConnection, TcpServerState
 
 log = logging.getLogger("fastdns")
@@ -86,18 +87,11 @@ def _run_worker(settings: Settings, *, reuse_port: bool) -> int:
 
 
 def _run_workers(settings: Settings, workers: int) -> int:
-    """One process per worker, all bound to the same port with SO_REUSEPORT; the kernel
-    spreads clients across them. The parent only supervises and forwards signals."""
+    """One process per worker, all bound to the same port with SO_REUSEPORT; UDP questions
+    are steered to a worker by name (fastdns.reuseport), so the caches do not overlap.
+    The parent only supervises and forwards signals."""
     children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = _run_worker(settings, reuse_port=True)
-            finally:
-                os._exit(code)
-        children.append(pid)
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -106,9 +100,22 @@ def _run_workers(settings: Settings, workers: int) -> int:
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)
+    # Handlers go in before the first fork: a signal that arrives while workers are still
+    # being started must reach the ones already running, not kill the parent.
+    for sig in forwarded:
+        signal.signal(sig, forward)
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            for sig in forwarded:
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = _run_worker(settings, reuse_port=True)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
     code = 0
     for child in children:
         while True:
@@ -145,6 +152,12 @@ def _udp_socket(settings: Settings, reuse_port: bool) -> socket.socket:
             continue
     sock.setblocking(False)
     sock.bind((s.bind_address, s.dns_port))
+    if reuse_port:
+        try:
+            attach_name_steering(sock, s.workers)
+        except OSError as exc:
+            log.warning("cannot steer questions to workers by name (%s): each worker "
+                        "caches what the kernel's address hash sends it", exc)
     return sock
 
 
@@ -232,6 +245,10 @@ async def serve(settings: Settings, *, reuse_port: bool = False, loop_name: str 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP's default action would kill the server; reload is not implemented yet.
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: log.warning("SIGHUP: configuration reload is not supported yet")
+    )
     bound = udp.getsockname()
     log.info(
         "fastdns listening on udp+tcp %s port %d (%s, pid %d), forwarding to %s",
