@@ -48,10 +48,8 @@ class Runtime:
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT. Returns the process exit code."""
     if settings.resolver.mode != "forward":
-        raise ConfigError(
-            [f"resolver.mode: {settings.resolver.mode!r} is not available in this version; "
-             "use 'forward'"]
-        )
+        mode = settings.resolver.mode
+        raise ConfigError([f"resolver.mode: {mode!r} is not available in this version; use 'forward'"])
     _configure_logging(settings)
     workers = settings.server.workers
     if workers <= 1:
