@@ -9,6 +9,7 @@ Must not block or raise on the hit path: `QueryLog.append` is O(1), never waits,
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import struct
@@ -469,6 +470,10 @@ class _RotatingFileSink:
     """Append-only file, rotated to path.1 .. path.N (path.1 newest) before it would grow past
     `max_size_bytes`. With backup_count 0 the file is truncated instead. A size of 0 or less
     disables rotation. Opened lazily, O_APPEND, unbuffered: one batch is one write(2).
+
+    Several worker processes may share the file: each batch is written under an exclusive
+    flock on the file's directory (which rotation does not rename), after checking that `path` is still the file we hold open (another
+    worker, or an external logrotate, may have rotated it) and reading its real size.
     """
 
     def __init__(self, path: str, max_size_bytes: int, backup_count: int) -> None:
@@ -477,9 +482,24 @@ class _RotatingFileSink:
         self.backup_count = backup_count
         self._fd = -1
         self._size = 0
+        self._lock_fd = -1
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
+
+    def _sync_with_path(self) -> None:
+        """Reopen if path is no longer our file; take its current size (others append too)."""
+        if self._fd >= 0:
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self._close_file()
+        if self._fd < 0:
+            self._open()
+        else:
+            self._size = os.fstat(self._fd).st_size
 
     def _open(self, truncate: bool = False) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -490,10 +510,19 @@ class _RotatingFileSink:
         return fd
 
     def write_lines(self, lines: list[bytes]) -> None:
+        if self._lock_fd < 0:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            self._lock_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._sync_with_path()
+            self._write_lines_locked(lines)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _write_lines_locked(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
         limit = self.max_size_bytes
-        if self._fd < 0:
-            self._open()
         if limit <= 0 or self._size + len(data) <= limit:
             self._write(data)
             return
@@ -520,7 +549,7 @@ class _RotatingFileSink:
         self._size += len(data)
 
     def _rotate(self) -> None:
-        self.close()
+        self._close_file()
         if self.backup_count <= 0:
             self._open(truncate=True)
             return
@@ -535,10 +564,17 @@ class _RotatingFileSink:
             pass  # removed under us (an external logrotate): just start a new file
         self._open()
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def close(self) -> None:
+        """Close the log file and the lock file (at shutdown)."""
+        self._close_file()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

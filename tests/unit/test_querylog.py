@@ -642,3 +642,37 @@ def test_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
 def test_rejects_empty_ring() -> None:
     with pytest.raises(ValueError):
         QueryLog("-", capacity=0)
+
+
+def test_two_workers_share_one_file_and_its_rotation(tmp_path: Path) -> None:
+    """workers: N processes each hold a sink on the same path; every line survives, no file
+    passes the limit, and backup_count still bounds the set of files."""
+    from fastdns.querylog import _RotatingFileSink
+
+    path = str(tmp_path / "q.log")
+    worker_a = _RotatingFileSink(path, max_size_bytes=400, backup_count=50)
+    worker_b = _RotatingFileSink(path, max_size_bytes=400, backup_count=50)
+    written = []
+    for i in range(60):
+        line = f'{{"n": {i:03d}, "pad": "{"x" * 20}"}}\n'.encode()
+        (worker_a if i % 2 else worker_b).write_lines([line])
+        written.append(line)
+    worker_a.close()
+    worker_b.close()
+    files = sorted(tmp_path.iterdir())
+    assert all(f.stat().st_size <= 400 for f in files)
+    lines = [line for f in files for line in f.read_bytes().splitlines(keepends=True)]
+    assert sorted(lines) == sorted(written)
+
+
+def test_file_moved_away_by_logrotate_is_recreated(tmp_path: Path) -> None:
+    from fastdns.querylog import _RotatingFileSink
+
+    path = tmp_path / "q.log"
+    sink = _RotatingFileSink(str(path), max_size_bytes=1 << 20, backup_count=2)
+    sink.write_lines([b"first\n"])
+    path.rename(tmp_path / "q.log.old")
+    sink.write_lines([b"second\n"])
+    sink.close()
+    assert path.read_bytes() == b"second\n"
+    assert (tmp_path / "q.log.old").read_bytes() == b"first\n"
