@@ -92,8 +92,9 @@ cdef enum:
 
 cdef enum:
     ACTION_DROP = 0
-    ACTION_SEND = 1
+    ACTION_SEND = 1            # a reply we made: error, refusal, truncation
     ACTION_MISS = 2
+    ACTION_HIT = 3             # a reply rendered from the cache
 
 
 cdef inline double clock_now(int clk) noexcept nogil:
@@ -347,11 +348,11 @@ cdef class HitPath:
         limit = q.udp_limit if udp else MAX_MESSAGE
         if e.wire_len + OPT_RR_LEN > MAX_MESSAGE:
             out_len[0] = render_header_only(buf, q, 0, 1, out)
-            return ACTION_SEND
+            return ACTION_HIT
         age = now - e.stored_at
         out_len[0] = render_cached(entry_wire(e), e.wire_len, entry_offsets(e), e.n_ttl,
                                    <uint32_t>age if age > 0 else 0, buf, q, limit, out)
-        return ACTION_SEND
+        return ACTION_HIT
 
     cdef void log_record(self, const unsigned char* query, Py_ssize_t qlen,
                          const unsigned char* reply, Py_ssize_t rlen, const sockaddr* sa,
@@ -428,7 +429,7 @@ cdef class HitPath:
                 inb = self.in_bufs + i * IN_BUF
                 outb = self.out_bufs + nsend * OUT_BUF
                 action = self.process(inb, n, <sockaddr*>&self.in_addr[i], 1, now, outb, &out_len, &q)
-                if action == ACTION_SEND:
+                if action == ACTION_SEND or action == ACTION_HIT:
                     self.out_iov[nsend].iov_len = out_len
                     self.out_msgs[nsend].msg_hdr.msg_name = &self.in_addr[i]
                     self.out_msgs[nsend].msg_hdr.msg_namelen = self.in_msgs[i].msg_hdr.msg_namelen
@@ -440,8 +441,7 @@ cdef class HitPath:
                     nsend += 1
                     if self.log_enabled:
                         self.log_record(inb, n, outb, out_len, <sockaddr*>&self.in_addr[i],
-                                        wall, 0.0, q.key_len > 0 and q.has_question and
-                                        self._is_hit(outb), 0xFFFF)
+                                        wall, 0.0, action == ACTION_HIT, 0xFFFF)
                 elif action == ACTION_MISS:
                     self.on_miss(PyBytes_FromStringAndSize(<char*>inb, n),
                                  sockaddr_to_tuple(<sockaddr*>&self.in_addr[i]))
@@ -461,12 +461,6 @@ cdef class HitPath:
                 self._stamp_elapsed(batch_log_start, done)
             if got < BATCH:
                 break
-
-    cdef inline bint _is_hit(self, const unsigned char* reply) noexcept:
-        # Called right after process(): a SEND for a parsed query is a hit unless it is an
-        # error/refusal/truncation we synthesised; those carry no records (all counts 0).
-        return (reply[6] | reply[7] | reply[8] | reply[9]) != 0 or (reply[3] & 0x0F) == 3 or \
-               ((reply[3] & 0x0F) == 0 and not (reply[2] & 0x02))
 
     cdef void _stamp_elapsed(self, size_t start, double elapsed) noexcept:
         cdef LogHead* h
@@ -502,7 +496,7 @@ cdef class HitPath:
         if self.log_enabled:
             wall = clock_now(CLOCK_REALTIME)
             self.log_record(buf, n, self.tcp_out, out_len, <const sockaddr*>PyBytes_AS_STRING(peer),
-                            wall, clock_now(CLOCK_MONOTONIC) - now, self._is_hit(self.tcp_out), 0xFFFF)
+                            wall, clock_now(CLOCK_MONOTONIC) - now, action == ACTION_HIT, 0xFFFF)
         return PyBytes_FromStringAndSize(<char*>self.tcp_out, out_len)
 
     def log_miss(self, bytes query not None, bytes reply not None, bytes peer not None,

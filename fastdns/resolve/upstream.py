@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import struct
 from collections.abc import Callable
 
@@ -36,6 +37,11 @@ _QTYPE_QCLASS = struct.Struct("!HH")
 # flags, RDLENGTH = 0 (RFC 6891 §6.1.2).
 _OPT = struct.Struct("!HHIH")
 _TCP_LENGTH = struct.Struct("!H")
+# Largest UDP payload: read whole datagrams whatever the upstream sends; a short buffer would
+# silently cut a reply and make it look valid-but-short.
+_MAX_DATAGRAM = 65535
+# Open exchange sockets non-blocking in the socket() call itself (Linux): one syscall fewer.
+_SOCK_DGRAM_NONBLOCK = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
 
 MismatchCallback = Callable[[bytes], None]
 
@@ -117,39 +123,131 @@ def reply_truncated(reply: bytes) -> bool:
     return bool(reply[2] & (FLAG_TC >> 8))
 
 
-class _UdpExchange(asyncio.DatagramProtocol):
-    """Datagram protocol of one exchange: resolves `reply` with the first matching datagram."""
+class UdpExchange:
+    """One UDP query to one upstream over a fresh connected socket, driven by loop callbacks.
 
-    __slots__ = ("_matcher", "_on_mismatch", "_reply")
+    The constructor opens the socket, connects it to host:port, sends `query_wire` and starts
+    watching the socket with `loop.add_reader`; no Task, no transport, no Future. The outcome
+    arrives through exactly one of the overridable methods below, after which the socket is
+    already closed: `reply_received` (the first datagram `matcher` accepts) or `error_received`
+    (a socket error, e.g. the upstream's ICMP port unreachable). Datagrams that do not match
+    are dropped (RFC 5452 §9.1) and reported to `mismatch_received`; the exchange keeps
+    waiting. It never times out by itself: the owner decides how long to wait and calls
+    `close()`, which is idempotent and must be called on every exit path.
+
+    Connecting the socket makes the kernel pick a random ephemeral source port (RFC 5452 §9.2)
+    and drop datagrams from any address or port but the upstream's.
+    """
+
+    __slots__ = ("_fd", "_loop", "_matcher", "_sock")
 
     def __init__(
         self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        query_wire: bytes,
+        matcher: ReplyMatcher,
+    ) -> None:
+        self._loop = loop
+        self._matcher = matcher
+        # Upstream hosts are IP literals (config validates them), so ":" means IPv6.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.socket(family, _SOCK_DGRAM_NONBLOCK)
+        except OSError as exc:
+            raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
+        try:
+            if _SOCK_DGRAM_NONBLOCK == socket.SOCK_DGRAM:
+                sock.setblocking(False)
+            sock.connect((host, port))
+            sock.send(query_wire)
+            fd = sock.fileno()
+            loop.add_reader(fd, self._on_readable)
+        except OSError as exc:
+            sock.close()
+            raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
+        self._sock: socket.socket | None = sock
+        self._fd = fd
+
+    def reply_received(self, reply: bytes) -> None:
+        """The matching reply, exactly as received. The socket is closed."""
+
+    def error_received(self, exc: OSError) -> None:
+        """The socket reported an error (on a connected socket: the upstream's ICMP error).
+        The socket is closed."""
+
+    def mismatch_received(self, data: bytes) -> None:
+        """A datagram arrived that does not answer the query; it was dropped."""
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def close(self) -> None:
+        """Stop watching and close the socket (idempotent)."""
+        sock = self._sock
+        if sock is not None:
+            self._sock = None
+            self._loop.remove_reader(self._fd)
+            sock.close()
+
+    def _on_readable(self) -> None:
+        # Drain what is queued: a forged datagram may sit in front of the real reply.
+        while True:
+            sock = self._sock
+            if sock is None:
+                return
+            try:
+                data = sock.recv(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.close()
+                self.error_received(exc)
+                return
+            if self._matcher.matches(data):
+                self.close()
+                self.reply_received(data)
+                return
+            self.mismatch_received(data)
+
+
+class _FutureExchange(UdpExchange):
+    """A `UdpExchange` whose outcome resolves a Future (for `exchange_udp`)."""
+
+    __slots__ = ("_on_mismatch", "_reply")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        query_wire: bytes,
         matcher: ReplyMatcher,
         reply: asyncio.Future[bytes],
         on_mismatch: MismatchCallback | None,
     ) -> None:
-        self._matcher = matcher
         self._reply = reply
         self._on_mismatch = on_mismatch
+        super().__init__(loop, host, port, query_wire, matcher)
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if self._reply.done():
-            return
-        if self._matcher.matches(data):
-            self._reply.set_result(data)
-        elif self._on_mismatch is not None:
-            # RFC 5452 §9.1: a non-matching reply is dropped and we keep waiting; the caller
-            # only hears about it (e.g. to try the next upstream sooner).
-            self._on_mismatch(data)
+    def reply_received(self, reply: bytes) -> None:
+        if not self._reply.done():
+            self._reply.set_result(reply)
 
-    def error_received(self, exc: Exception) -> None:
-        # On a connected socket this is the upstream's ICMP error (port unreachable, ...).
+    def error_received(self, exc: OSError) -> None:
         if not self._reply.done():
             self._reply.set_exception(exc)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._reply.done():
-            self._reply.set_exception(exc or ConnectionError("socket closed"))
+    def mismatch_received(self, data: bytes) -> None:
+        if self._on_mismatch is not None:
+            self._on_mismatch(data)
+
+
+def _expire(reply: asyncio.Future[bytes]) -> None:
+    if not reply.done():
+        reply.set_exception(asyncio.TimeoutError())
 
 
 async def exchange_udp(
@@ -162,33 +260,29 @@ async def exchange_udp(
 ) -> bytes:
     """Send `query_wire` to host:port over UDP; return the first matching reply, as received.
 
-    Each call opens a fresh socket connected to the upstream: the kernel binds it to a random
-    ephemeral port (RFC 5452 §9.2, source port randomisation) and drops datagrams from any
-    other address or port. Datagrams that do not match (ID, QR, question) are ignored and
-    reported to `on_mismatch`, if given. Raises `UpstreamTimeout` when nothing matches within
+    Each call opens a fresh socket connected to the upstream (see `UdpExchange`): a random
+    ephemeral source port (RFC 5452 §9.2), and the kernel drops datagrams from any other
+    address or port. Datagrams that do not match (ID, QR, question) are ignored and reported
+    to `on_mismatch`, if given. Raises `UpstreamTimeout` when nothing matches within
     `timeout_s`, `UpstreamFailed` when the socket reports an error (e.g. ICMP port
     unreachable). The socket is closed before this returns or raises, cancellation included.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    matcher = ReplyMatcher(query_wire)
     reply: asyncio.Future[bytes] = loop.create_future()
+    exchange = _FutureExchange(
+        loop, host, port, query_wire, ReplyMatcher(query_wire), reply, on_mismatch
+    )
+    timer = loop.call_later(timeout_s, _expire, reply)
     try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpExchange(matcher, reply, on_mismatch), remote_addr=(host, port)
-        )
-    except OSError as exc:
-        raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
-    try:
-        transport.sendto(query_wire)
-        return await asyncio.wait_for(reply, max(0.0, deadline - loop.time()))
+        return await reply
     except asyncio.TimeoutError:
         where = format_address(host, port)
         raise UpstreamTimeout(f"{where}: no reply within {timeout_s:g}s") from None
     except OSError as exc:
         raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
     finally:
-        transport.close()
+        timer.cancel()
+        exchange.close()
 
 
 async def exchange_tcp(host: str, port: int, query_wire: bytes, timeout_s: float) -> bytes:
