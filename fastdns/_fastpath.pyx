@@ -226,6 +226,8 @@ cdef class HitPath:
             if self.slots == NULL:
                 raise MemoryError()
             memset(self.slots, 0, RL_BUCKETS * sizeof(RateSlot))
+            for i in range(RL_BUCKETS):
+                self.slots[i].last = -1.0      # unused slot
         self.log_enabled = log_enabled
         if log_enabled:
             self.log_cap = log_buffer_bytes
@@ -287,7 +289,7 @@ cdef class HitPath:
         for i in range(klen):
             h = (h ^ key[i]) * <uint64_t>1099511628211ULL
         s = &self.slots[(h ^ (h >> 29)) & (RL_BUCKETS - 1)]
-        if memcmp(s.ip, key, 16) != 0 or s.last == 0:
+        if s.last < 0 or memcmp(s.ip, key, 16) != 0:
             memcpy(s.ip, key, 16)
             s.tokens = self.burst
             s.last = now
@@ -481,6 +483,8 @@ cdef class HitPath:
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef double wall
+        if PyBytes_GET_SIZE(peer) < <Py_ssize_t>sizeof(sockaddr_in):
+            raise ValueError("peer must be a packed sockaddr (pack_sockaddr)")
         if now < 0:
             now = clock_now(CLOCK_MONOTONIC)
         if udp:

@@ -74,13 +74,14 @@ cdef Py_ssize_t question_name_len(const unsigned char* buf, Py_ssize_t n, Py_ssi
 
 @cython.boundscheck(False)  # every index is checked against n before use
 cdef Py_ssize_t skip_name(const unsigned char* buf, Py_ssize_t n, Py_ssize_t pos) noexcept nogil:
-    """Validate the possibly compressed name at pos; return the offset after it, or -1.
-    Pointers must point strictly backwards (as dnspython requires), so no loop is possible;
-    the decoded name must still fit in 255 octets (RFC 1035 §3.1)."""
+    """Validate the possibly compressed name at pos, reading nothing at or past n; return the
+    offset after it, or -1. Each pointer must point strictly before the previous one (before
+    the name's start for the first), as dnspython requires, so no loop is possible; the
+    decoded name must still fit in 255 octets (RFC 1035 §3.1)."""
     cdef Py_ssize_t end = -1
     cdef Py_ssize_t total = 0
+    cdef Py_ssize_t bound = pos
     cdef Py_ssize_t target
-    cdef int hops = 0
     cdef unsigned char label
     while True:
         if pos >= n:
@@ -95,13 +96,11 @@ cdef Py_ssize_t skip_name(const unsigned char* buf, Py_ssize_t n, Py_ssize_t pos
             if pos + 1 >= n:
                 return -1
             target = ((label & 0x3F) << 8) | buf[pos + 1]
-            if target >= pos:
+            if target >= bound:
                 return -1
+            bound = target
             if end < 0:
                 end = pos + 2
-            hops += 1
-            if hops > MAX_POINTER_HOPS:
-                return -1
             pos = target
             continue
         if label & 0xC0:
@@ -115,13 +114,120 @@ cdef Py_ssize_t skip_name(const unsigned char* buf, Py_ssize_t n, Py_ssize_t pos
     return end
 
 
+cdef enum:
+    QTYPE_A = 1
+    QTYPE_NS = 2
+    QTYPE_MD = 3
+    QTYPE_MF = 4
+    QTYPE_CNAME = 5
+    QTYPE_MB = 7
+    QTYPE_MG = 8
+    QTYPE_MR = 9
+    QTYPE_PTR = 12
+    QTYPE_MINFO = 14
+    QTYPE_MX = 15
+    QTYPE_TXT = 16
+    QTYPE_RP = 17
+    QTYPE_AFSDB = 18
+    QTYPE_RT = 21
+    QTYPE_AAAA = 28
+    QTYPE_SRV = 33
+    QTYPE_KX = 36
+    QTYPE_DNAME = 39
+
+
+@cython.boundscheck(False)  # every read is bounded by rdend
+cdef bint rdata_valid(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t rdend, uint16_t rrtype) noexcept nogil:
+    """RDATA of the types whose layout we know must use RDLENGTH exactly, with every
+    embedded name valid (RFC 1035 §3.3, RFC 3596, RFC 2782). Other types pass as opaque
+    data (RFC 3597)."""
+    cdef Py_ssize_t fixed = 0
+    cdef int names = 1
+    if rrtype == QTYPE_A:
+        return rdend - pos == 4
+    if rrtype == QTYPE_AAAA:
+        return rdend - pos == 16
+    if rrtype == QTYPE_TXT:
+        if pos >= rdend:
+            return 0                       # at least one <character-string>
+        while pos < rdend:
+            pos += 1 + buf[pos]
+        return pos == rdend
+    if rrtype in (QTYPE_NS, QTYPE_MD, QTYPE_MF, QTYPE_CNAME, QTYPE_MB, QTYPE_MG, QTYPE_MR,
+                  QTYPE_PTR, QTYPE_DNAME):
+        pass
+    elif rrtype in (QTYPE_MX, QTYPE_AFSDB, QTYPE_RT, QTYPE_KX):
+        fixed = 2
+    elif rrtype == QTYPE_SRV:
+        fixed = 6
+    elif rrtype == QTYPE_SOA:
+        names = 2
+    elif rrtype == QTYPE_MINFO or rrtype == QTYPE_RP:
+        names = 2
+    else:
+        return 1
+    pos += fixed
+    if pos > rdend:
+        return 0
+    for _ in range(names):
+        pos = skip_name(buf, rdend, pos)
+        if pos < 0:
+            return 0
+    if rrtype == QTYPE_SOA:
+        pos += 20                          # SERIAL REFRESH RETRY EXPIRE MINIMUM
+    return pos == rdend
+
+
+@cython.boundscheck(False)  # guarded by explicit length checks; fuzzed in tests/fuzz/test_wire_fuzz.py
+cdef Py_ssize_t read_records(const unsigned char* buf, Py_ssize_t n, Py_ssize_t pos,
+                             int skip, int arcount, Query* q) noexcept nogil:
+    """Walk `skip` records, then the additional section, taking EDNS0 from its OPT into q.
+    Returns the offset after the last record, or -1 if any record is malformed."""
+    cdef Py_ssize_t rr_start, rdend, optpos
+    cdef uint16_t rrtype, optlen
+    cdef uint32_t ttl
+    cdef int i
+    for i in range(skip + arcount):
+        rr_start = pos
+        pos = skip_name(buf, n, pos)
+        if pos < 0 or pos + 10 > n:
+            return -1
+        rrtype = rd16(buf + pos)
+        rdend = pos + 10 + rd16(buf + pos + 8)
+        if rdend > n:
+            return -1
+        if i >= skip and rrtype == QTYPE_OPT:
+            # RFC 6891 §6.1.1: one OPT at most, owned by the root.
+            if q.has_edns or pos != rr_start + 1 or buf[rr_start] != 0:
+                return -1
+            optpos = pos + 10
+            while optpos < rdend:   # options must tile RDATA exactly
+                if optpos + 4 > rdend:
+                    return -1
+                optlen = rd16(buf + optpos + 2)
+                optpos += 4 + optlen
+            if optpos != rdend:
+                return -1
+            q.has_edns = 1
+            ttl = rd32(buf + pos + 4)
+            q.edns_version = (ttl >> 16) & 0xFF
+            q.do_bit = (ttl & EDNS_DO) != 0
+            q.udp_limit = rd16(buf + pos + 2)
+            # RFC 6891 §6.2.5: values below 512 are treated as 512.
+            if q.udp_limit < 512:
+                q.udp_limit = 512
+            elif q.udp_limit > MAX_UDP_REPLY:
+                q.udp_limit = MAX_UDP_REPLY
+        pos = rdend
+    return pos
+
+
 @cython.boundscheck(False)  # guarded by explicit length checks; fuzzed in tests/fuzz/test_wire_fuzz.py
 cdef int read_query(const unsigned char* buf, Py_ssize_t n, Query* q) noexcept nogil:
     """Parse a client query. The checks follow the order Unbound's worker uses, so the
     answer to a broken packet is the same one a client gets from it."""
-    cdef uint16_t qdcount, ancount, nscount, arcount, rrtype, rdlen, optlen
-    cdef Py_ssize_t pos, name_len, rdend, i, rr_start, optpos
-    cdef uint32_t ttl
+    cdef uint16_t qdcount, ancount, nscount, arcount
+    cdef Py_ssize_t name_len, i
     cdef unsigned char c
     cdef int opcode
     q.has_question = 0
@@ -154,7 +260,11 @@ cdef int read_query(const unsigned char* buf, Py_ssize_t n, Query* q) noexcept n
             q.qclass = rd16(buf + HEADER_LEN + name_len + 2)
             q.has_question = 1
     if opcode != 0:
-        return PARSE_NOTIMP            # RFC 1035 §4.1.1: only standard QUERY is served
+        # RFC 1035 §4.1.1: only standard QUERY is served. Still look for the client's OPT:
+        # RFC 6891 §7 wants one in the reply to a request that carried one.
+        if q.has_question:
+            read_records(buf, n, HEADER_LEN + q.question_len, ancount + nscount, arcount, q)
+        return PARSE_NOTIMP
     if not q.has_question:
         return PARSE_FORMERR           # no question, several, or a malformed one
     if q.flags & FLAG_TC:
@@ -162,42 +272,8 @@ cdef int read_query(const unsigned char* buf, Py_ssize_t n, Query* q) noexcept n
     if ancount != 0 or nscount != 0:
         return PARSE_FORMERR
 
-    pos = HEADER_LEN + q.question_len
-    for i in range(arcount):
-        rr_start = pos
-        pos = skip_name(buf, n, pos)
-        if pos < 0 or pos + 10 > n:
-            return PARSE_FORMERR
-        rrtype = rd16(buf + pos)
-        rdlen = rd16(buf + pos + 8)
-        rdend = pos + 10 + rdlen
-        if rdend > n:
-            return PARSE_FORMERR
-        if rrtype == QTYPE_OPT:
-            # RFC 6891 §6.1.1: one OPT at most, owned by the root.
-            if q.has_edns or pos != rr_start + 1 or buf[rr_start] != 0:
-                return PARSE_FORMERR
-            optpos = pos + 10
-            while optpos < rdend:   # options must tile RDATA exactly
-                if optpos + 4 > rdend:
-                    return PARSE_FORMERR
-                optlen = rd16(buf + optpos + 2)
-                optpos += 4 + optlen
-            if optpos != rdend:
-                return PARSE_FORMERR
-            q.has_edns = 1
-            ttl = rd32(buf + pos + 4)
-            q.edns_version = (ttl >> 16) & 0xFF
-            q.do_bit = (ttl & EDNS_DO) != 0
-            q.udp_limit = rd16(buf + pos + 2)
-            # RFC 6891 §6.2.5: values below 512 are treated as 512.
-            if q.udp_limit < 512:
-                q.udp_limit = 512
-            elif q.udp_limit > MAX_UDP_REPLY:
-                q.udp_limit = MAX_UDP_REPLY
-        pos = rdend
-    if pos != n:
-        return PARSE_FORMERR           # trailing bytes after the last record
+    if read_records(buf, n, HEADER_LEN + q.question_len, 0, arcount, q) != n:
+        return PARSE_FORMERR           # malformed records, or trailing bytes after them
     if q.has_edns and q.edns_version > 0:
         return PARSE_BADVERS           # RFC 6891 §6.1.3
     if q.qtype == QTYPE_OPT or q.qtype == QTYPE_TSIG or q.qtype == QTYPE_TKEY:
@@ -354,6 +430,8 @@ cdef class ParsedQuery:
 
     @property
     def qname_wire_lower(self) -> bytes:
+        if self.q.key_len == 0:
+            return b""
         return PyBytes_FromStringAndSize(<char*>self.q.key, self.q.question_len - 4)
 
 
@@ -444,6 +522,8 @@ def prepare_reply(bytes reply not None, *, uint32_t min_ttl, uint32_t max_ttl,
             rdend = pos + 10 + rdlen
             if rdend > n:
                 raise WireError("RDATA runs past the end of the message")
+            if not rdata_valid(buf, pos + 10, rdend, rrtype):
+                raise WireError(f"malformed RDATA of type {rrtype}")
             if section == 2 and rrtype == QTYPE_OPT:
                 if opt_start >= 0:
                     raise WireError("more than one OPT record")
@@ -497,8 +577,10 @@ def prepare_reply(bytes reply not None, *, uint32_t min_ttl, uint32_t max_ttl,
         prepared.lifetime_s = 0          # RFC 2308 §5: no SOA, no negative caching
     else:
         prepared.lifetime_s = max(min_seen, min_ttl)
-        if prepared.lifetime_s > max_ttl and max_ttl >= min_ttl:
-            prepared.lifetime_s = max_ttl
+        # negative_ttl is the operator's ceiling for negative answers and wins over min_ttl.
+        ceiling = negative_ttl if negative else max_ttl
+        if prepared.lifetime_s > ceiling:
+            prepared.lifetime_s = ceiling
     return prepared
 
 
