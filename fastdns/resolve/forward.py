@@ -18,8 +18,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from fastdns.errors import (
     RCODE_FORMERR,
@@ -31,9 +30,11 @@ from fastdns.errors import (
 )
 from fastdns.resolve.question import Question
 from fastdns.resolve.upstream import (
+    HEADER_SIZE,
+    ReplyMatcher,
+    UdpExchange,
     build_query,
     exchange_tcp,
-    exchange_udp,
     format_address,
     reply_rcode,
     reply_truncated,
@@ -70,9 +71,8 @@ class UpstreamAddress(Protocol):
     def port(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardResult:
-    """The reply that ended a resolution and who sent it."""
+class ForwardResult(NamedTuple):
+    """The reply that ended a resolution and who sent it (a NamedTuple: one per miss)."""
 
     reply_wire: bytes  # exactly as received from the upstream (its ID, its case, its OPT)
     upstream: str  # "host:port", "[v6]:port" for IPv6
@@ -149,6 +149,14 @@ class _UpstreamState:
             self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)
 
 
+def _srtt_key(u: _UpstreamState) -> float:
+    return 0.0 if u.srtt_s is None else u.srtt_s
+
+
+def _down_until_key(u: _UpstreamState) -> float:
+    return u.down_until
+
+
 class Forwarder:
     """Resolve questions by forwarding them to upstream resolvers (SPEC §2).
 
@@ -179,13 +187,26 @@ class Forwarder:
         self._retry_interval_s = retry_interval_s
         self._clock = clock
 
-    async def resolve(self, q: Question) -> ForwardResult:
+    async def resolve(self, q: Question, budget_s: float | None = None) -> ForwardResult:
         """Return the first valid upstream reply to `q`.
 
-        Raises `UpstreamTimeout` when `timeout_s` passes without one, `UpstreamFailed` when
-        every upstream answered with a failure (or a socket error) and none is outstanding.
+        Raises `UpstreamTimeout` when `timeout_s` (or the smaller `budget_s`, what is left of
+        a caller's own budget) passes without one, `UpstreamFailed` when every upstream
+        answered with a failure (or a socket error) and none is outstanding. Runs in the
+        caller's Task: the common case (the first upstream answers) creates no Task at all.
         """
-        return await _Resolution(self, q).run()
+        if budget_s is None or budget_s > self._timeout_s:
+            budget_s = self._timeout_s
+        if budget_s <= 0:
+            raise UpstreamTimeout(f"no time left to ask an upstream ({self._timeout_s:g}s)")
+        resolution = _Resolution(self, q, asyncio.get_running_loop(), budget_s)
+        try:
+            resolution.start()
+            return await resolution.result
+        finally:
+            resolution.close()
+            if resolution._to_reap:
+                await resolution.reap()
 
     def stats(self) -> list[dict[str, Any]]:
         """Per upstream, in configured order: address, healthy, srtt_ms, queries, failures,
@@ -210,6 +231,12 @@ class Forwarder:
         first, in configured order); then the other down ones, soonest back first.
         """
         now = self._clock()
+        if len(self._upstreams) == 1:  # the common configuration: nothing to sort
+            only = self._upstreams[0]
+            if only.down and not only.probing and now >= only.down_until:
+                only.probing = True
+                return self._upstreams, only
+            return self._upstreams, None
         healthy: list[_UpstreamState] = []
         down: list[_UpstreamState] = []
         probe: _UpstreamState | None = None
@@ -220,112 +247,201 @@ class Forwarder:
                 probe = u
             else:
                 down.append(u)
-        healthy.sort(key=lambda u: 0.0 if u.srtt_s is None else u.srtt_s)
-        down.sort(key=lambda u: u.down_until)
+        healthy.sort(key=_srtt_key)
+        down.sort(key=_down_until_key)
         if probe is None:
             return healthy + down, None
         probe.probing = True
         return [probe, *healthy, *down], probe
 
 
-@dataclass(slots=True)
-class _Attempt:
-    """One query sent to one upstream within a resolution."""
+class _UdpAttempt(UdpExchange):
+    """One query sent over UDP to one upstream within a resolution; reports to it."""
 
-    upstream: _UpstreamState
-    transport: str  # "udp" or "tcp"
-    sent_at: float  # time.monotonic()
-    mismatched: bool = False  # something arrived that did not match (garbage, wrong ID, ...)
+    __slots__ = ("mismatched", "resolution", "sent_at", "upstream")
+
+    transport = "udp"
+
+    def __init__(
+        self,
+        resolution: _Resolution,
+        upstream: _UpstreamState,
+        sent_at: float,
+        query_wire: bytes,
+        matcher: ReplyMatcher,
+    ) -> None:
+        self.resolution = resolution
+        self.upstream = upstream
+        self.sent_at = sent_at  # time.monotonic()
+        self.mismatched = False  # something arrived that did not match (garbage, wrong ID, ...)
+        super().__init__(resolution.loop, upstream.host, upstream.port, query_wire, matcher)
+
+    # These run as loop callbacks: an unexpected error ends the resolution (with that error)
+    # rather than leaving it without a timer or a reader, waiting for nothing.
+
+    def reply_received(self, reply: bytes) -> None:
+        try:
+            self.resolution._on_reply(self, reply)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            self.resolution._finish(exc)
+
+    def error_received(self, exc: OSError) -> None:
+        try:
+            self.resolution._on_failure(self, f"{self.upstream.address}: {exc}")
+        except Exception as error:  # noqa: BLE001 - handed to the waiting caller
+            self.resolution._finish(error)
+
+    def mismatch_received(self, data: bytes) -> None:
+        # The datagram was dropped (RFC 5452 §9.1) and the attempt keeps waiting for a real
+        # reply; meanwhile the next upstream is asked without waiting the retry interval.
+        if not self.mismatched:
+            self.mismatched = True
+            try:
+                self.resolution._hurry()
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+                self.resolution._finish(exc)
+
+
+class _TcpAttempt:
+    """One query sent over TCP (after TC=1) within a resolution: a Task, as TCP is rare."""
+
+    __slots__ = ("mismatched", "resolution", "sent_at", "task", "upstream")
+
+    transport = "tcp"
+
+    def __init__(
+        self, resolution: _Resolution, upstream: _UpstreamState, sent_at: float, query_wire: bytes
+    ) -> None:
+        self.resolution = resolution
+        self.upstream = upstream
+        self.sent_at = sent_at
+        self.mismatched = False  # exchange_tcp skips mismatches itself
+        budget_s = resolution.deadline - sent_at
+        self.task = resolution.loop.create_task(
+            exchange_tcp(upstream.host, upstream.port, query_wire, budget_s)
+        )
+        self.task.add_done_callback(self._done)
+
+    def close(self) -> None:
+        self.task.cancel()
+
+    def _done(self, task: asyncio.Task[bytes]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()  # also marks it retrieved when the resolution is over
+        resolution = self.resolution
+        if resolution.finished:
+            return
+        try:
+            if exc is None:
+                resolution._on_reply(self, task.result())
+            elif isinstance(exc, UpstreamTimeout):
+                resolution._on_timeout(self)
+            elif isinstance(exc, UpstreamFailed):
+                resolution._on_failure(self, str(exc))
+            else:
+                resolution._finish(exc)
+        except Exception as error:  # noqa: BLE001 - handed to the waiting caller
+            resolution._finish(error)
+
+
+_Attempt = _UdpAttempt | _TcpAttempt
 
 
 class _Resolution:
-    """One `Forwarder.resolve` call: the outstanding attempts and when to launch the next."""
+    """One `Forwarder.resolve` call, as a state machine driven by loop callbacks.
 
-    def __init__(self, forwarder: Forwarder, q: Question) -> None:
-        self._fwd = forwarder
+    Nothing here runs in a Task of its own: the caller's coroutine awaits `result`, socket
+    callbacks (`UdpExchange`) report replies, and one timer (`loop.call_later`) fires at the next
+    scheduled event, whichever comes first of "ask the next upstream" (`next_launch_at`, the
+    hedge after `retry_interval_s`) and the end of the budget (`deadline`). `_finish` settles
+    `result` once, closing every socket and timer and judging unfinished attempts first.
+
+    Times are `time.monotonic()` seconds; the loop's own clock is used only to place the
+    timer, and a timer that fires counts as having reached its target even if the loop's
+    millisecond clock fired it a little early.
+    """
+
+    __slots__ = (
+        "_cursor",
+        "_given_up",
+        "_judged",
+        "_next_launch_at",
+        "_order",
+        "_probe",
+        "_q",
+        "_qname_end",
+        "_reasons",
+        "_timer",
+        "_timer_at",
+        "_to_reap",
+        "attempts",
+        "deadline",
+        "finished",
+        "fwd",
+        "loop",
+        "result",
+    )
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        q: Question,
+        loop: asyncio.AbstractEventLoop,
+        budget_s: float,
+    ) -> None:
+        self.fwd = forwarder
+        self.loop = loop
         self._q = q
-        self._loop = asyncio.get_running_loop()
+        self._qname_end = HEADER_SIZE + len(q.qname_wire)  # where build_query's qname ends
         self._order, self._probe = forwarder._plan()
         self._cursor = 0  # launches from the order so far; cycles, so a value >= len = rounds
-        self._given_up: set[_UpstreamState] = set()  # answered with a failure: not asked again
+        self._given_up: list[_UpstreamState] = []  # answered with a failure: not asked again
         # Upstreams whose health this resolution has already reported: one verdict per
         # upstream per question, however many attempts it took.
-        self._judged: set[_UpstreamState] = set()
+        self._judged: list[_UpstreamState] = []
         self._reasons: list[str] = []
-        self._attempts: dict[asyncio.Task[bytes], _Attempt] = {}
-        self._wake: asyncio.Future[None] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._to_reap: list[asyncio.Task[bytes]] = []  # cancelled TCP attempts to wait for
+        self.attempts: list[_Attempt] = []  # outstanding, in launch order
+        self.finished = False
+        self.result: asyncio.Future[ForwardResult] = loop.create_future()
         now = _monotonic()
-        self._deadline = now + forwarder._timeout_s
+        self.deadline = now + budget_s
         self._next_launch_at = now
 
-    async def run(self) -> ForwardResult:
-        loop = self._loop
+    # -- schedule -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._advance(_monotonic())
+
+    def _advance(self, now: float) -> None:
+        """Do whatever is due at `now` (give up, ask the next upstream), then re-arm the timer."""
+        if now >= self.deadline:
+            self._finish(UpstreamTimeout(self._describe_timeout()))
+            return
+        if now >= self._next_launch_at and not self._launch_next(now) and not self.attempts:
+            self._finish(UpstreamFailed("; ".join(self._reasons) or "no upstream answered"))
+            return
+        self._arm(min(self._next_launch_at, self.deadline), now)
+
+    def _arm(self, at: float, now: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at == at:
+                return
+            timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_later(at - now, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
         try:
-            while True:
-                now = _monotonic()
-                if now >= self._deadline:
-                    raise UpstreamTimeout(self._describe_timeout())
-                if (
-                    now >= self._next_launch_at
-                    and not self._launch_next(now)
-                    and not self._attempts
-                ):
-                    raise UpstreamFailed("; ".join(self._reasons) or "no upstream answered")
-                if self._wake.done():
-                    self._wake = loop.create_future()
-                waitables: set[asyncio.Future[Any]] = {*self._attempts, self._wake}
-                done, _ = await asyncio.wait(
-                    waitables,
-                    timeout=min(self._next_launch_at, self._deadline) - now,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                result: ForwardResult | None = None
-                for task in done:
-                    if isinstance(task, asyncio.Task):  # not the wake-up future
-                        settled = self._settle(task)
-                        if result is None:
-                            result = settled
-                if result is not None:
-                    return result
-        finally:
-            await self._close()
-
-    def _launch_next(self, now: float) -> bool:
-        """Ask the next upstream in the order (cycling); False if every one has been given up."""
-        order = self._order
-        for _ in range(len(order)):
-            upstream = order[self._cursor % len(order)]
-            self._cursor += 1
-            if upstream not in self._given_up:
-                self._launch(upstream, "udp", now)
-                self._next_launch_at = now + self._fwd._retry_interval_s
-                return True
-        self._next_launch_at = math.inf
-        return False
-
-    def _launch(self, upstream: _UpstreamState, transport: str, now: float) -> None:
-        _, query_wire = build_query(self._q)  # a fresh random ID per query sent (RFC 5452 §9.2)
-        attempt = _Attempt(upstream, transport, now)
-        budget_s = self._deadline - now
-        if transport == "udp":
-            coro = exchange_udp(
-                upstream.host,
-                upstream.port,
-                query_wire,
-                budget_s,
-                on_mismatch=lambda _data: self._on_mismatch(attempt),
-            )
-        else:
-            coro = exchange_tcp(upstream.host, upstream.port, query_wire, budget_s)
-        self._attempts[self._loop.create_task(coro)] = attempt
-        upstream.queries += 1
-
-    def _on_mismatch(self, attempt: _Attempt) -> None:
-        # The datagram was dropped (RFC 5452 §9.1) and the attempt keeps waiting for a real
-        # reply; meanwhile the next upstream is asked without waiting the retry interval.
-        if not attempt.mismatched:
-            attempt.mismatched = True
-            self._hurry()
+            # The loop's clock may tick in whole milliseconds: the target counts as reached.
+            self._advance(max(_monotonic(), self._timer_at))
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            self._finish(exc)
 
     def _hurry(self) -> None:
         """Launch the next attempt now rather than after the retry interval.
@@ -333,83 +449,146 @@ class _Resolution:
         Only while some upstream has not been asked yet (or nothing is outstanding): a single
         upstream sending garbage must not turn into a query per round trip.
         """
-        if self._cursor < len(self._order) or not self._attempts:
-            self._next_launch_at = min(self._next_launch_at, _monotonic())
-            if not self._wake.done():
-                self._wake.set_result(None)
+        if not self.finished and (self._cursor < len(self._order) or not self.attempts):
+            now = _monotonic()
+            self._next_launch_at = min(self._next_launch_at, now)
+            self._advance(now)
 
-    def _settle(self, task: asyncio.Task[bytes]) -> ForwardResult | None:
-        """Account for a finished attempt; return the result if its reply ends the resolution."""
-        attempt = self._attempts.pop(task)
-        upstream = attempt.upstream
-        waited_s = _monotonic() - attempt.sent_at
+    def _launch_next(self, now: float) -> bool:
+        """Ask the next upstream in the order (cycling); False if every one has been given up."""
+        order = self._order
+        for _ in range(len(order)):
+            upstream = order[self._cursor % len(order)]
+            self._cursor += 1
+            if upstream not in self._given_up and self._launch(upstream, "udp", now):
+                self._next_launch_at = now + self.fwd._retry_interval_s
+                return True
+        self._next_launch_at = math.inf
+        return False
+
+    def _launch(self, upstream: _UpstreamState, transport: str, now: float) -> bool:
+        """Send one query; False if it failed at once (the upstream is then given up)."""
+        _, query_wire = build_query(self._q)  # a fresh random ID per query (RFC 5452 §9.2)
+        upstream.queries += 1
+        attempt: _Attempt
         try:
-            reply = task.result()
-        except UpstreamTimeout:
-            self._judge_timeout(upstream, waited_s)
-            return None
+            if transport == "udp":
+                matcher = ReplyMatcher(query_wire, qname_end=self._qname_end)
+                attempt = _UdpAttempt(self, upstream, now, query_wire, matcher)
+            else:
+                attempt = _TcpAttempt(self, upstream, now, query_wire)
         except UpstreamFailed as exc:
-            self._fail(upstream, str(exc))
-            return None
+            # The socket could not even be opened or sent on: a failure of this upstream.
+            self._judge_failure(upstream, str(exc))
+            return False
+        self.attempts.append(attempt)
+        return True
+
+    # -- outcomes of attempts -------------------------------------------------------------
+
+    def _on_reply(self, attempt: _Attempt, reply: bytes) -> None:
+        """A matched reply: the answer, a failure RCODE, or TC=1 (ask again over TCP)."""
+        if self.finished:
+            return
+        self.attempts.remove(attempt)
+        upstream = attempt.upstream
+        now = _monotonic()
+        waited_s = now - attempt.sent_at
         if attempt.transport == "udp" and reply_truncated(reply):
             # RFC 1035 §4.2.2 / RFC 7766 §5: a truncated UDP answer is re-asked over TCP, of
             # the same upstream; it answered, so it counts as alive.
             upstream.record_reply(waited_s)
-            now = _monotonic()
             self._launch(upstream, "tcp", now)
-            self._next_launch_at = max(self._next_launch_at, now + self._fwd._retry_interval_s)
-            return None
+            self._next_launch_at = max(self._next_launch_at, now + self.fwd._retry_interval_s)
+            self._advance(now)
+            return
         rcode = reply_rcode(reply)
         if rcode in _FAILURE_RCODES:
-            self._fail(upstream, f"{upstream.address}: {_FAILURE_RCODES[rcode]}")
-            return None
+            self._on_failure(attempt, f"{upstream.address}: {_FAILURE_RCODES[rcode]}", listed=False)
+            return
         upstream.record_reply(waited_s)
-        self._judged.add(upstream)
-        return ForwardResult(reply, upstream.address)
+        self._judged.append(upstream)
+        self._finish(ForwardResult(reply, upstream.address))
 
-    def _fail(self, upstream: _UpstreamState, reason: str) -> None:
-        if upstream not in self._judged:
-            self._judged.add(upstream)
-            upstream.record_failure(self._fwd._clock())
-        self._given_up.add(upstream)
-        self._reasons.append(reason)
+    def _on_failure(self, attempt: _Attempt, reason: str, *, listed: bool = True) -> None:
+        """The attempt ended without a usable reply (failure RCODE, socket error): move on."""
+        if self.finished:
+            return
+        if listed:
+            self.attempts.remove(attempt)
+        self._judge_failure(attempt.upstream, reason)
         self._hurry()
+
+    def _on_timeout(self, attempt: _Attempt) -> None:
+        if self.finished:
+            return
+        self.attempts.remove(attempt)
+        self._judge_timeout(attempt.upstream, _monotonic() - attempt.sent_at)
+        self._advance(_monotonic())
+
+    def _judge_failure(self, upstream: _UpstreamState, reason: str) -> None:
+        if upstream not in self._judged:
+            self._judged.append(upstream)
+            upstream.record_failure(self.fwd._clock())
+        if upstream not in self._given_up:
+            self._given_up.append(upstream)
+        self._reasons.append(reason)
 
     def _judge_timeout(self, upstream: _UpstreamState, waited_s: float) -> None:
         if upstream not in self._judged:
-            self._judged.add(upstream)
-            upstream.record_timeout(waited_s, self._fwd._clock())
+            self._judged.append(upstream)
+            upstream.record_timeout(waited_s, self.fwd._clock())
 
     def _describe_timeout(self) -> str:
-        asked = dict.fromkeys(a.upstream.address for a in self._attempts.values())
+        asked = dict.fromkeys(a.upstream.address for a in self.attempts)
         who = ", ".join(asked) if asked else "any upstream"
-        return f"no valid reply from {who} within {self._fwd._timeout_s:g}s"
+        return f"no valid reply from {who} within {self.fwd._timeout_s:g}s"
 
-    async def _close(self) -> None:
-        """Record how unfinished attempts went, then cancel them and wait until they are gone."""
-        now_real = _monotonic()
-        now = self._fwd._clock()
-        pending = []
-        for task, attempt in self._attempts.items():
-            if task.done():
-                if not task.cancelled():
-                    task.exception()  # finished alongside the winner: mark it retrieved
-                continue
-            pending.append(task)
-            upstream = attempt.upstream
-            waited_s = now_real - attempt.sent_at
-            if attempt.mismatched and upstream not in self._judged:
-                self._judged.add(upstream)
-                upstream.record_failure(now)
-            elif waited_s >= self._fwd._retry_interval_s:
-                # Outstanding for a whole retry interval: a timeout for its health, even if
-                # another upstream's reply ended the resolution.
-                self._judge_timeout(upstream, waited_s)
-            task.cancel()
-        self._attempts.clear()
+    # -- the end --------------------------------------------------------------------------
+
+    def _finish(self, outcome: ForwardResult | BaseException) -> None:
+        """Settle `result` once: close everything first, so nothing outlives the answer."""
+        if self.finished:
+            return
+        self.close()
+        if self.result.done():
+            return  # the caller was cancelled in this same loop turn; its cleanup is pending
+        if isinstance(outcome, ForwardResult):
+            self.result.set_result(outcome)
+        else:
+            self.result.set_exception(outcome)
+
+    def close(self) -> None:
+        """Judge how unfinished attempts went, close their sockets, cancel the timer
+        (idempotent; also the cleanup when the caller is cancelled)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.attempts:
+            now_real = _monotonic()
+            now = self.fwd._clock()
+            retry_s = self.fwd._retry_interval_s
+            for attempt in self.attempts:
+                upstream = attempt.upstream
+                waited_s = now_real - attempt.sent_at
+                if attempt.mismatched and upstream not in self._judged:
+                    self._judged.append(upstream)
+                    upstream.record_failure(now)
+                elif waited_s >= retry_s:
+                    # Outstanding for a whole retry interval: a timeout for its health, even
+                    # if another upstream's reply ended the resolution.
+                    self._judge_timeout(upstream, waited_s)
+                attempt.close()
+                if isinstance(attempt, _TcpAttempt):
+                    self._to_reap.append(attempt.task)
+            self.attempts.clear()
         if self._probe is not None:
             self._probe.probing = False
-        if not self._wake.done():
-            self._wake.cancel()
-        if pending:
-            await asyncio.wait(pending)
+
+    async def reap(self) -> None:
+        """Wait until cancelled TCP attempts are gone (UDP attempts close synchronously)."""
+        tasks, self._to_reap = self._to_reap, []
+        await asyncio.wait(tasks)

@@ -6,6 +6,10 @@ Order (one line each, with its reason):
   3. Cache      # store per RFC 2308 / TTL policy, then render for every waiter
 Guards (ACL, rate limit) and protocol errors were already handled on the hit path, in C.
 
+Cost: one Task per UDP miss (created in `on_udp_miss`), and nothing else per miss. The first
+waiter of a question runs the coalesced resolution in its own Task; the forwarder is driven
+by socket callbacks and one timer, and bounds the whole resolution by `timeout_s` itself.
+
 Must not: parse packets itself (fastdns.wire does), or block: everything here is async.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fastdns._fastpath import HitPath, monotonic_now, pack_sockaddr
 from fastdns.cache import Cache
@@ -34,9 +38,8 @@ from fastdns.wire import (
 log = logging.getLogger("fastdns.resolve")
 
 
-@dataclass(frozen=True, slots=True)
-class Resolved:
-    """The outcome shared by every waiter of one question."""
+class Resolved(NamedTuple):
+    """The outcome shared by every waiter of one question (a NamedTuple: one per miss)."""
 
     prepared: PreparedReply
     upstream_index: int  # index into MissPath.upstream_names
@@ -82,15 +85,18 @@ class MissPath:
             self.overload += 1
             self._send_udp(render_error(parse_query(data), RCODE_SERVFAIL), addr)
             return
-        task = asyncio.ensure_future(self._answer_udp(data, addr, monotonic_now()))
+        task = asyncio.get_running_loop().create_task(
+            self._answer_udp(data, addr, monotonic_now())
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def answer(self, data: bytes, *, tcp: bool) -> tuple[bytes, int]:
         """The reply to a query the hit path missed, and the upstream index (-1 if none)."""
         pq = parse_query(data)
+        started = monotonic_now()
         try:
-            resolved = await self._coalescer.run(pq.key, lambda: self._resolve(pq))
+            resolved = await self._coalescer.run(pq.key, lambda: self._resolve(pq, started))
         except (ResolveError, WireError, asyncio.TimeoutError) as exc:
             self.servfail += 1
             log.debug("SERVFAIL for %r: %s", pq.qname_wire, exc)
@@ -109,9 +115,13 @@ class MissPath:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _resolve(self, pq: ParsedQuery) -> Resolved:
+    async def _resolve(self, pq: ParsedQuery, started: float) -> Resolved:
         q = Question(pq.qname_wire_lower, pq.qtype, pq.qclass, pq.do, pq.cd)
-        result = await asyncio.wait_for(self._forwarder.resolve(q), self._timeout_s)
+        # The forwarder enforces the budget itself (no wait_for Task). What is left of it is
+        # less than timeout_s only when a coalesced resolution is started again for waiters
+        # whose first waiter was cancelled: they still get an answer within timeout_s.
+        budget_s = self._timeout_s - (monotonic_now() - started)
+        result = await self._forwarder.resolve(q, budget_s)
         prepared = self._cache.prepare(result.reply_wire)
         now = monotonic_now()
         self._cache.store(pq.key, prepared, now)

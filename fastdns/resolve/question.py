@@ -2,20 +2,23 @@
 
 Owns the `Question` value object handed from the miss path to the stages. It holds wire-format
 data the caller has already parsed and lowercased; it does no parsing, no I/O and no validation
-beyond what the dataclass gives.
+beyond what the tuple gives.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _QTYPE_QCLASS = struct.Struct("!HH")
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
-    """One question to resolve upstream; immutable, hashable, so it can key in-flight maps."""
+class Question(NamedTuple):
+    """One question to resolve upstream; immutable, hashable, so it can key in-flight maps.
+
+    A NamedTuple rather than a frozen dataclass: one is built per cache miss, and a tuple is
+    built in one step where a frozen dataclass pays an `object.__setattr__` per field.
+    """
 
     qname_wire: bytes  # uncompressed wire name, lowercased by the caller: b"\x07example\x03org\x00"
     qtype: int

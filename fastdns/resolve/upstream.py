@@ -1,9 +1,10 @@
 """One query to one upstream: build it, send it over UDP or TCP, accept only the matching reply.
 
 Owns the wire side of talking to an upstream resolver: `build_query` (random ID, RD, CD, EDNS0
-OPT with DO), `exchange_udp` (fresh connected socket per exchange) and `exchange_tcp` (RFC 1035
-§4.2.2 framing). Replies are parsed only as far as needed to match them to the query (ID, QR
-bit, question); the bytes returned are exactly the bytes received.
+OPT with DO), `UdpExchange` (fresh connected socket per exchange, driven by loop callbacks;
+what the forwarder uses), `exchange_udp` (the same as one awaitable call) and `exchange_tcp`
+(RFC 1035 §4.2.2 framing). Replies are parsed only as far as needed to match them to the query
+(ID, QR bit, question); the bytes returned are exactly the bytes received.
 
 Must not: choose upstreams, keep health or RTT state (that is `forward.py`), interpret the
 reply beyond matching it, or leave a socket open after an exchange returns or raises.
@@ -12,10 +13,11 @@ reply beyond matching it, or leave a socket open after an exchange returns or ra
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
+import select
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from fastdns.errors import UpstreamFailed, UpstreamTimeout
 from fastdns.resolve.question import Question
@@ -42,8 +44,41 @@ _TCP_LENGTH = struct.Struct("!H")
 _MAX_DATAGRAM = 65535
 # Open exchange sockets non-blocking in the socket() call itself (Linux): one syscall fewer.
 _SOCK_DGRAM_NONBLOCK = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
+# The C socket type itself: `socket.socket` adds a Python __init__ and close() per exchange.
+_Socket = socket.SocketType
+# Query IDs are read from the OS CSPRNG in blocks of this many bytes (2 per ID).
+_ID_BLOCK_BYTES = 4096
 
 MismatchCallback = Callable[[bytes], None]
+
+
+class _RandomIds:
+    """16-bit query IDs from the OS CSPRNG (`os.urandom`), fetched a block at a time.
+
+    Same source as `secrets`, one getrandom() call per 2048 IDs instead of one per ID. Each ID
+    is used once. A forked child starts a block of its own, so workers never share IDs.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids: Iterator[int] = iter(())
+
+    def reset(self) -> None:
+        self._ids = iter(())
+
+    def next(self) -> int:
+        qid = next(self._ids, None)
+        if qid is None:
+            self._ids = iter(memoryview(os.urandom(_ID_BLOCK_BYTES)).cast("H"))
+            qid = next(self._ids)
+        return qid
+
+
+_random_ids = _RandomIds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_random_ids.reset)
+_next_id = _random_ids.next
 
 
 def build_query(q: Question) -> tuple[int, bytes]:
@@ -55,7 +90,7 @@ def build_query(q: Question) -> tuple[int, bytes]:
     record advertises `EDNS_UDP_PAYLOAD` and carries DO when the client asked for DNSSEC
     records (RFC 6891, RFC 3225).
     """
-    qid = secrets.randbits(16)
+    qid = _next_id()
     flags = FLAG_RD | (FLAG_CD if q.cd else 0)
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1)
     opt = b"\x00" + _OPT.pack(QTYPE_OPT, EDNS_UDP_PAYLOAD, EDNS_FLAG_DO if q.do else 0, 0)
@@ -73,8 +108,9 @@ class ReplyMatcher:
 
     __slots__ = ("_end", "_id", "_qname_lower", "_qtype_qclass")
 
-    def __init__(self, query_wire: bytes) -> None:
-        end = _question_name_end(query_wire)
+    def __init__(self, query_wire: bytes, *, qname_end: int | None = None) -> None:
+        # `qname_end`: where the qname ends, when the caller built the query and knows it.
+        end = _question_name_end(query_wire) if qname_end is None else qname_end
         if end + 4 > len(query_wire):
             raise ValueError("query has no complete question section")
         self._id = query_wire[:2]
@@ -127,19 +163,19 @@ class UdpExchange:
     """One UDP query to one upstream over a fresh connected socket, driven by loop callbacks.
 
     The constructor opens the socket, connects it to host:port, sends `query_wire` and starts
-    watching the socket with `loop.add_reader`; no Task, no transport, no Future. The outcome
-    arrives through exactly one of the overridable methods below, after which the socket is
-    already closed: `reply_received` (the first datagram `matcher` accepts) or `error_received`
-    (a socket error, e.g. the upstream's ICMP port unreachable). Datagrams that do not match
-    are dropped (RFC 5452 §9.1) and reported to `mismatch_received`; the exchange keeps
-    waiting. It never times out by itself: the owner decides how long to wait and calls
-    `close()`, which is idempotent and must be called on every exit path.
+    watching the socket through the loop's `_Poller`: no Task, no transport, no Future. The
+    outcome arrives through exactly one of the overridable methods below, after which the
+    socket is already closed: `reply_received` (the first datagram `matcher` accepts) or
+    `error_received` (a socket error, e.g. the upstream's ICMP port unreachable). Datagrams
+    that do not match are dropped (RFC 5452 §9.1) and reported to `mismatch_received`; the
+    exchange keeps waiting. It never times out by itself: the owner decides how long to wait
+    and calls `close()`, which is idempotent and must be called on every exit path.
 
     Connecting the socket makes the kernel pick a random ephemeral source port (RFC 5452 §9.2)
     and drop datagrams from any address or port but the upstream's.
     """
 
-    __slots__ = ("_fd", "_loop", "_matcher", "_sock")
+    __slots__ = ("_fd", "_matcher", "_poller", "_sock")
 
     def __init__(
         self,
@@ -149,12 +185,11 @@ class UdpExchange:
         query_wire: bytes,
         matcher: ReplyMatcher,
     ) -> None:
-        self._loop = loop
         self._matcher = matcher
         # Upstream hosts are IP literals (config validates them), so ":" means IPv6.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            sock = socket.socket(family, _SOCK_DGRAM_NONBLOCK)
+            sock = _Socket(family, _SOCK_DGRAM_NONBLOCK)
         except OSError as exc:
             raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
         try:
@@ -163,12 +198,14 @@ class UdpExchange:
             sock.connect((host, port))
             sock.send(query_wire)
             fd = sock.fileno()
-            loop.add_reader(fd, self._on_readable)
+            poller = _poller_of(loop)
+            poller.register(fd, self)
         except OSError as exc:
             sock.close()
             raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
-        self._sock: socket.socket | None = sock
+        self._sock: socket.SocketType | None = sock
         self._fd = fd
+        self._poller = poller
 
     def reply_received(self, reply: bytes) -> None:
         """The matching reply, exactly as received. The socket is closed."""
@@ -189,7 +226,7 @@ class UdpExchange:
         sock = self._sock
         if sock is not None:
             self._sock = None
-            self._loop.remove_reader(self._fd)
+            self._poller.unregister(self._fd)
             sock.close()
 
     def _on_readable(self) -> None:
@@ -211,6 +248,96 @@ class UdpExchange:
                 self.reply_received(data)
                 return
             self.mismatch_received(data)
+
+
+class _Poller:
+    """Readiness of every open exchange socket of one loop, through one epoll set (Linux).
+
+    The loop watches the epoll fd; each exchange socket is registered in the set (one
+    epoll_ctl) instead of with `loop.add_reader`, which costs a loop handle, a transport
+    check and epoll_ctl calls of its own per socket. The set exists only while exchanges are
+    open: when the last one closes, the set is closed too, so nothing outlives the exchanges.
+    """
+
+    __slots__ = ("_dispatching", "_epoll", "_exchanges", "_fd", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._fd = self._epoll.fileno()
+        self._exchanges: dict[int, UdpExchange] = {}
+        self._dispatching = False
+        try:
+            loop.add_reader(self._fd, self._dispatch)
+        except BaseException:
+            self._epoll.close()
+            raise
+
+    def register(self, fd: int, exchange: UdpExchange) -> None:
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except OSError:
+            if not self._exchanges and not self._dispatching:
+                self._close()  # it was opened for this exchange: do not leave it behind
+            raise
+        self._exchanges[fd] = exchange
+
+    def unregister(self, fd: int) -> None:
+        del self._exchanges[fd]
+        self._epoll.unregister(fd)
+        if not self._exchanges and not self._dispatching:
+            self._close()
+
+    def _dispatch(self) -> None:
+        self._dispatching = True
+        try:
+            for fd, _ in self._epoll.poll(0):
+                exchange = self._exchanges.get(fd)  # None: closed by an earlier callback
+                if exchange is not None:
+                    try:
+                        exchange._on_readable()
+                    except Exception as exc:  # noqa: BLE001 - one exchange must not stop the rest
+                        self._loop.call_exception_handler(
+                            {"message": "UDP exchange callback failed", "exception": exc}
+                        )
+        finally:
+            self._dispatching = False
+            if not self._exchanges:
+                self._close()
+
+    def _close(self) -> None:
+        if _pollers.get(self._loop) is self:
+            del _pollers[self._loop]
+        self._loop.remove_reader(self._fd)
+        self._epoll.close()
+
+
+class _LoopReaders:
+    """Fallback where there is no epoll: one `loop.add_reader` per exchange socket."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def register(self, fd: int, exchange: UdpExchange) -> None:
+        self._loop.add_reader(fd, exchange._on_readable)
+
+    def unregister(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+
+
+# The open poller of each loop that has exchanges in flight (removed when it closes).
+_pollers: dict[asyncio.AbstractEventLoop, _Poller] = {}
+
+
+def _poller_of(loop: asyncio.AbstractEventLoop) -> _Poller | _LoopReaders:
+    poller = _pollers.get(loop)
+    if poller is None:
+        if not hasattr(select, "epoll"):
+            return _LoopReaders(loop)
+        poller = _pollers[loop] = _Poller(loop)
+    return poller
 
 
 class _FutureExchange(UdpExchange):

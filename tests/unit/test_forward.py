@@ -399,3 +399,97 @@ def test_stats_shape() -> None:
 def test_rejects_empty_upstream_list() -> None:
     with pytest.raises(ValueError):
         Forwarder([], timeout_s=1.0, retry_interval_s=0.5)
+
+
+# ------------------------------------------------------------------ cost and budget override
+
+
+def test_the_common_path_runs_in_the_callers_task(run: Runner) -> None:
+    # The first upstream answers (after a delay, so the resolution is seen in flight): no
+    # Task is created for attempts, timers or the budget, only the caller's own.
+    async def go(fwd: Forwarder) -> ForwardResult:
+        caller = asyncio.ensure_future(fwd.resolve(Q_A))
+        await asyncio.sleep(0.05)
+        assert not caller.done()
+        assert asyncio.all_tasks() == {asyncio.current_task(), caller}
+        return await asyncio.wait_for(caller, NEVER)
+
+    with FakeUpstream(delay_s=0.15).answer(RECORD) as up:
+        result = run(go(forwarder(up, retry_s=2.0)))
+    assert result.upstream == up.address
+    assert up.calls == 1
+
+
+def test_a_smaller_budget_from_the_caller_bounds_the_resolution(run: Runner) -> None:
+    # timeout_s far beyond NEVER: only the caller's budget can end this in time.
+    with FakeUpstream(mode="silent") as up:
+        fwd = forwarder(up, timeout_s=600.0, retry_s=0.1)
+
+        async def go() -> None:
+            with pytest.raises(UpstreamTimeout):
+                await asyncio.wait_for(fwd.resolve(Q_A, budget_s=0.3), NEVER)
+
+        run(go())
+    assert up.calls >= 1
+
+
+def test_no_budget_left_asks_nobody(run: Runner) -> None:
+    with answering() as up:
+        fwd = forwarder(up)
+
+        async def go() -> None:
+            with pytest.raises(UpstreamTimeout):
+                await fwd.resolve(Q_A, budget_s=0.0)
+
+        run(go())
+    assert up.calls == 0
+    assert stats_of(fwd, up)["queries"] == 0
+
+
+def test_cancelled_during_a_tcp_retry_leaves_nothing_behind(run: Runner) -> None:
+    async def go(fwd: Forwarder, up: FakeUpstream) -> None:
+        task = asyncio.ensure_future(fwd.resolve(Q_A))
+        while up.tcp_calls == 0:  # the UDP reply was truncated; the TCP query is out
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    run(asyncio.sleep(0))  # uvloop opens a pipe once per process: not ours to count
+    before = open_fds()
+    with FakeUpstream(truncate_udp=True, delay_s=0.3).answer(RECORD) as up:
+        run(go(forwarder(up, timeout_s=5.0, retry_s=2.0), up))
+    assert open_fds() == before
+
+
+def test_hedged_attempts_are_closed_when_one_answers(run: Runner) -> None:
+    # The silent first upstream's attempt is still open when the second answers: the
+    # resolution closes it (no socket left), and counts it a timeout for that upstream.
+    async def go(fwd: Forwarder) -> ForwardResult:
+        before = open_fds()  # counted inside the loop: uvloop opens a pipe once per process
+        result = await asyncio.wait_for(fwd.resolve(Q_A), NEVER)
+        assert open_fds() == before
+        return result
+
+    with FakeUpstream(mode="silent") as dead, answering() as good:
+        fwd = forwarder(dead, good, timeout_s=3.0, retry_s=0.1)
+        result = run(go(fwd))
+    assert result.upstream == good.address
+    assert stats_of(fwd, dead)["timeouts"] == 1
+
+
+def test_a_reply_in_the_same_turn_as_the_cancellation_is_dropped_quietly(run: Runner) -> None:
+    # The caller's Task was cancelled (its Future with it) and, before its cleanup ran, a
+    # callback of the same loop turn settles the resolution: nothing may raise.
+    from fastdns.resolve.forward import _Resolution
+
+    async def go() -> None:
+        fwd = forwarder(Addr("127.0.0.1", free_port()))
+        resolution = _Resolution(fwd, Q_A, asyncio.get_running_loop(), 1.0)
+        resolution.result.cancel()
+        resolution._finish(ForwardResult(b"reply", "127.0.0.1:53"))
+        assert resolution.finished and resolution.result.cancelled()
+        resolution.close()  # the caller's own cleanup, later: idempotent
+
+    run(go())

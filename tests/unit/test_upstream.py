@@ -24,6 +24,7 @@ from fastdns.resolve.question import Question
 from fastdns.resolve.upstream import (
     EDNS_UDP_PAYLOAD,
     ReplyMatcher,
+    UdpExchange,
     build_query,
     exchange_tcp,
     exchange_udp,
@@ -333,3 +334,86 @@ def test_tcp_silent_times_out_and_closes(run: Runner) -> None:
         with pytest.raises(UpstreamTimeout):
             run(exchange_tcp(up.host, up.port, query, 0.2))
     assert open_fds() == before
+
+
+# ------------------------------------------------------------------ UdpExchange and its poller
+
+
+def test_concurrent_exchanges_share_one_poller_that_closes_when_idle(run: Runner) -> None:
+    from fastdns.resolve import upstream
+
+    async def go(host: str, port: int) -> list[bytes]:
+        before = open_fds()  # counted inside the loop: uvloop opens a pipe once per process
+        queries = [build_query(Q_A)[1] for _ in range(20)]
+        tasks = [asyncio.ensure_future(exchange_udp(host, port, q, 2.0)) for q in queries]
+        await asyncio.sleep(0)  # every exchange has sent its query and is waiting
+        assert list(upstream._pollers) == [asyncio.get_running_loop()]
+        replies = await asyncio.gather(*tasks)
+        for query, reply in zip(queries, replies):
+            assert ReplyMatcher(query).matches(reply)
+        assert upstream._pollers == {}  # closed with the last exchange
+        assert open_fds() == before
+        return replies
+
+    with FakeUpstream().answer("example.org. 300 IN A 192.0.2.1") as up:
+        replies = run(go(up.host, up.port))
+    assert len(replies) == 20 and up.udp_calls == 20
+    assert len({r.src_port for r in up.queries}) > 1
+
+
+class _Recorder(UdpExchange):
+    """A UdpExchange that records what it is told."""
+
+    def __init__(self, *args: Any) -> None:
+        self.events: list[tuple[str, object]] = []
+        super().__init__(*args)
+
+    def reply_received(self, reply: bytes) -> None:
+        self.events.append(("reply", reply))
+
+    def error_received(self, exc: OSError) -> None:
+        self.events.append(("error", exc))
+
+    def mismatch_received(self, data: bytes) -> None:
+        self.events.append(("mismatch", data))
+
+
+async def _first_event(host: str, port: int) -> tuple[list[tuple[str, object]], bool]:
+    """Start an exchange, wait (bounded) for its first event; return the events so far and
+    whether the exchange had closed itself. The exchange is closed (twice: idempotent), and
+    no file descriptor is left open."""
+    loop = asyncio.get_running_loop()
+    before = open_fds()
+    _, query = build_query(Q_A)
+    ex = _Recorder(loop, host, port, query, ReplyMatcher(query))
+    try:
+        for _ in range(3000):
+            if ex.events:
+                break
+            await asyncio.sleep(0.01)
+        return list(ex.events), ex.closed
+    finally:
+        ex.close()
+        ex.close()
+        assert open_fds() == before
+
+
+def test_udp_exchange_reports_the_reply_and_closes_itself(run: Runner) -> None:
+    with FakeUpstream().answer("example.org. 300 IN A 192.0.2.1") as up:
+        events, closed_by_itself = run(_first_event(up.host, up.port))
+    assert [kind for kind, _ in events] == ["reply"]
+    assert closed_by_itself
+
+
+def test_udp_exchange_reports_mismatches_and_keeps_waiting(run: Runner) -> None:
+    with FakeUpstream(mode="wrong_id").answer("example.org. 300 IN A 192.0.2.1") as up:
+        events, closed_by_itself = run(_first_event(up.host, up.port))
+    assert [kind for kind, _ in events] == ["mismatch"]
+    assert not closed_by_itself
+
+
+def test_udp_exchange_reports_a_closed_port_as_an_error(run: Runner) -> None:
+    events, closed_by_itself = run(_first_event("127.0.0.1", free_port()))
+    assert [kind for kind, _ in events] == ["error"]
+    assert isinstance(events[0][1], ConnectionRefusedError)
+    assert closed_by_itself
