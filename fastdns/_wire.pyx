@@ -483,7 +483,8 @@ def prepare_reply(bytes reply not None, *, uint32_t min_ttl, uint32_t max_ttl,
     served TTL never exceeds what upstream gave (SPEC §3)."""
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(reply)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(reply)
-    cdef Py_ssize_t pos, name_len, opt_start = -1, opt_end = -1, rdend, rr_start, stored_len
+    cdef Py_ssize_t pos, name_len, opt_start = -1, rdend, rr_start, stored_len
+    cdef int opt_index = 0
     cdef bint negative
     cdef uint16_t counts[3]
     cdef uint16_t rrtype, rdlen, flags
@@ -528,7 +529,7 @@ def prepare_reply(bytes reply not None, *, uint32_t min_ttl, uint32_t max_ttl,
                 if opt_start >= 0:
                     raise WireError("more than one OPT record")
                 opt_start = rr_start
-                opt_end = rdend
+                opt_index = i
                 rcode |= (buf[pos + 4] << 4)     # extended rcode (RFC 6891 §6.1.3)
             else:
                 ttl = rd32(buf + pos + 4)
@@ -544,15 +545,16 @@ def prepare_reply(bytes reply not None, *, uint32_t min_ttl, uint32_t max_ttl,
             pos = rdend
     if pos != n:
         raise WireError("trailing bytes after the last record")
-    if opt_start >= 0 and opt_end != n:
-        # Removing a record from the middle would shift every later compression target.
-        raise WireError("OPT is not the last record")
 
+    # The stored form ends where the upstream's OPT began. Records after an OPT (rare: it is
+    # normally last) are additional data and are dropped with it, since removing bytes from
+    # the middle would shift every later compression target. The client gets our own OPT.
     stored_len = opt_start if opt_start >= 0 else n
     out = bytearray(reply[:stored_len])
     o = out
     if opt_start >= 0:
-        wr16(o + 10, counts[2] - 1)
+        wr16(o + 10, opt_index)
+        offsets = [(off, t) for off, t in offsets if off < stored_len]
 
     negative = rcode == 3 or (rcode == 0 and counts[0] == 0)
     if negative and soa_ttl_off >= 0:

@@ -853,10 +853,6 @@ MALFORMED_REPLIES = [
         "two OPT records",
         header(flags=RESPONSE, ar=2) + Q_ORG + opt_rr() + opt_rr(),
     ),
-    (
-        "OPT before the last record",
-        header(flags=RESPONSE, ar=2) + Q_ORG + opt_rr() + b"\xc0\x0c" + A_RDATA,
-    ),
 ]
 
 
@@ -1027,3 +1023,18 @@ def test_stored_ttls_never_exceed_upstream_nor_max_ttl(
     else:
         # NODATA without SOA (none is generated here): RFC 2308 §5, not cached.
         assert prepared.lifetime_s == 0
+
+
+def test_opt_before_other_additional_records_is_stripped_with_them() -> None:
+    """RFC 6891 §6.1.1 lets OPT stand anywhere in the additional section. The stored form
+    ends where it began: later additional records go too, since cutting bytes out of the
+    middle would move every compression target after them. The answer is kept whole."""
+    reply = (
+        header(flags=RESPONSE, an=1, ar=2) + Q_ORG
+        + b"\xc0\x0c" + A_RDATA + opt_rr() + b"\xc0\x0c" + A_RDATA
+    )
+    prepared = prepare_reply(reply, min_ttl=1, max_ttl=86400, negative_ttl=300, default_ttl=300)
+    parsed = dns.message.from_wire(prepared.wire)
+    assert len(parsed.answer) == 1 and parsed.additional == [] and parsed.opt is None
+    assert struct.unpack("!H", prepared.wire[10:12])[0] == 0
+    assert prepared.cacheable
