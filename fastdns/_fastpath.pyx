@@ -506,11 +506,14 @@ cdef class HitPath:
     def log_miss(self, bytes query not None, bytes reply not None, bytes peer not None,
                  double elapsed_s, int upstream) -> None:
         """Record a reply the miss path sent (upstream: index into the caller's table)."""
+        if PyBytes_GET_SIZE(peer) < <Py_ssize_t>sizeof(sockaddr_in):
+            raise ValueError("peer must be a packed sockaddr (pack_sockaddr)")
         if not self.log_enabled:
             return
         self.log_record(<const unsigned char*>PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query),
                         <const unsigned char*>PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply),
-                        <const sockaddr*>PyBytes_AS_STRING(peer), clock_now(CLOCK_REALTIME),
+                        <const sockaddr*>PyBytes_AS_STRING(peer),
+                        clock_now(CLOCK_REALTIME) - elapsed_s,   # when the query arrived
                         elapsed_s, 0, <uint16_t>upstream if upstream >= 0 else 0xFFFF)
 
     def drain_log(self) -> list:

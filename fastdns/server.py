@@ -9,6 +9,7 @@ Must not: parse DNS or make resolution decisions.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
 import logging
 import os
@@ -31,6 +32,7 @@ from fastdns.transport import TcpConnection, TcpServerState
 log = logging.getLogger("fastdns")
 
 LOG_PUMP_INTERVAL_S = 0.05
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -51,10 +53,26 @@ def run(settings: Settings) -> int:
         mode = settings.resolver.mode
         raise ConfigError([f"resolver.mode: {mode!r} is not available in this version; use 'forward'"])
     _configure_logging(settings)
+    # SIGHUP's default action kills; until serve() installs its handler it is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers = settings.server.workers
     if workers <= 1:
-        return _run_worker(settings, reuse_port=False)
-    return _run_workers(settings, workers)
+        return _run_worker(settings)
+    try:
+        # Bind every worker's sockets here, in order, before any worker starts: the port
+        # error (if any) is reported once, and the SO_REUSEPORT group is complete before the
+        # first question arrives, so name steering never falls back to the kernel's hash.
+        groups = [(_udp_socket(settings, reuse_port=True), _tcp_socket(settings, reuse_port=True))
+                  for _ in range(workers)]
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    try:
+        attach_name_steering(groups[0][0], workers)
+    except OSError as exc:
+        log.warning("cannot steer questions to workers by name (%s): each worker caches "
+                    "what the kernel's address hash sends it", exc)
+    return _run_workers(settings, groups)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -74,17 +92,20 @@ def _install_uvloop() -> str:
     return "uvloop"
 
 
-def _run_worker(settings: Settings, *, reuse_port: bool) -> int:
+def _run_worker(settings: Settings, sockets: tuple[socket.socket, socket.socket] | None = None) -> int:
+    """Serve on the given (udp, tcp) sockets, or on new ones bound from the settings."""
     loop_name = _install_uvloop()
     try:
-        asyncio.run(serve(settings, reuse_port=reuse_port, loop_name=loop_name))
+        if sockets is None:
+            sockets = (_udp_socket(settings, reuse_port=False), _tcp_socket(settings, reuse_port=False))
+        asyncio.run(serve(settings, *sockets, loop_name=loop_name))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
     return 0
 
 
-def _run_workers(settings: Settings, workers: int) -> int:
+def _run_workers(settings: Settings, groups: list[tuple[socket.socket, socket.socket]]) -> int:
     """One process per worker, all bound to the same port with SO_REUSEPORT; UDP questions
     are steered to a worker by name (fastdns.reuseport), so the caches do not overlap.
     The parent only supervises and forwards signals."""
@@ -102,17 +123,29 @@ def _run_workers(settings: Settings, workers: int) -> int:
     # being started must reach the ones already running, not kill the parent.
     for sig in forwarded:
         signal.signal(sig, forward)
-    for _ in range(workers):
+    parent = os.getpid()
+    for index, own in enumerate(groups):
         pid = os.fork()
         if pid == 0:
+            _exit_with_parent(parent)
+            for other, pair in enumerate(groups):
+                if other != index:
+                    for sock in pair:
+                        sock.close()
+            # Held until serve() has its handlers: a stop request during start-up is then
+            # handled like any other, with a clean drain.
+            signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
             for sig in forwarded:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = _run_worker(settings, reuse_port=True)
+                code = _run_worker(settings, own)
             finally:
                 os._exit(code)
         children.append(pid)
+    for pair in groups:  # each socket now belongs to its worker alone
+        for sock in pair:
+            sock.close()
 
     code = 0
     for child in children:
@@ -127,6 +160,18 @@ def _run_workers(settings: Settings, workers: int) -> int:
             code = 1
             forward(signal.SIGTERM, None)  # one worker failed: take the others down too
     return code
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGTERM this worker when the supervisor dies (Linux PR_SET_PDEATHSIG),
+    so a killed parent never leaves workers serving on their own."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("workers cannot follow their supervisor's death on this platform")
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
 
 
 def _family(address: str) -> int:
@@ -150,12 +195,6 @@ def _udp_socket(settings: Settings, reuse_port: bool) -> socket.socket:
             continue
     sock.setblocking(False)
     sock.bind((s.bind_address, s.dns_port))
-    if reuse_port:
-        try:
-            attach_name_steering(sock, s.workers)
-        except OSError as exc:
-            log.warning("cannot steer questions to workers by name (%s): each worker "
-                        "caches what the kernel's address hash sends it", exc)
     return sock
 
 
@@ -224,12 +263,11 @@ def _drain_into(rt: Runtime, names: list[str]) -> None:
         append((wall, ip, query, reply, hit, names[upstream] if upstream >= 0 else None, elapsed_us))
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False, loop_name: str = "asyncio") -> None:
-    """Run one worker until SIGTERM/SIGINT, then drain and stop."""
+async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
+                loop_name: str = "asyncio") -> None:
+    """Run one worker on bound sockets until SIGTERM/SIGINT, then drain and stop."""
     loop = asyncio.get_running_loop()
     rt = build_runtime(settings)
-    udp = _udp_socket(settings, reuse_port)
-    tcp = _tcp_socket(settings, reuse_port)
     rt.misspath.attach_udp(udp)
     rt.hitpath.attach_udp(udp.fileno())
     loop.add_reader(udp.fileno(), rt.hitpath.on_readable)
@@ -247,6 +285,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, loop_name: str 
     loop.add_signal_handler(
         signal.SIGHUP, lambda: log.warning("SIGHUP: configuration reload is not supported yet")
     )
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     bound = udp.getsockname()
     log.info(
         "fastdns listening on udp+tcp %s port %d (%s, pid %d), forwarding to %s",
@@ -259,8 +298,10 @@ async def serve(settings: Settings, *, reuse_port: bool = False, loop_name: str 
         # Graceful stop: no new queries, let in-flight ones finish, flush the log.
         loop.remove_reader(udp.fileno())
         tcp_server.close()
-        await rt.misspath.drain()
-        rt.tcp_state.close_idle()
+        rt.tcp_state.close_idle()  # idle connections now; busy ones once their answers are out
+        await asyncio.gather(
+            rt.misspath.drain(), rt.tcp_state.drain(settings.resolver.timeout_s + 1.0)
+        )
         if rt.querylog is not None:
             for task in background:
                 task.cancel()

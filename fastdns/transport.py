@@ -36,6 +36,12 @@ class TcpServerState:
         for conn in list(self.connections):
             conn.close_when_idle()
 
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) until every connection has written its pending answers."""
+        pending = [task for conn in self.connections for task in conn.pending]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
 
 class TcpConnection(asyncio.Protocol):
     """One client connection: any number of pipelined queries, replies as they are ready."""
@@ -111,6 +117,10 @@ class TcpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._maybe_resume_reading()
 
+    @property
+    def pending(self) -> set[asyncio.Task[None]]:
+        return self._pending
+
     def close_when_idle(self) -> None:
         self._closing = True
         if not self._pending and self._transport is not None:
@@ -123,7 +133,7 @@ class TcpConnection(asyncio.Protocol):
             self._transport.write(struct.pack("!H", len(reply)) + reply)
 
     def _start_miss(self, query: bytes) -> None:
-        task = asyncio.ensure_future(self._answer_miss(query, monotonic_now()))
+        task = asyncio.get_running_loop().create_task(self._answer_miss(query, monotonic_now()))
         self._pending.add(task)
         task.add_done_callback(self._miss_done)
         if len(self._pending) >= MAX_PENDING_PER_CONNECTION and self._transport is not None:

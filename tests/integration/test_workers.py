@@ -29,8 +29,12 @@ def test_workers_share_the_port_and_each_name_is_fetched_once(fake_upstream, ser
     # would spread repeats of one name over the workers and each would ask upstream.
     for _ in range(4):
         for i in range(30):
-            reply = dns.query.udp(dns.message.make_query(f"host{i}.example.org", "A"),
-                                  "127.0.0.1", port=server.port, timeout=3)
+            reply = dns.query.udp(
+                dns.message.make_query(f"host{i}.example.org", "A"),
+                "127.0.0.1",
+                port=server.port,
+                timeout=3,
+            )
             assert reply.answer[0][0].address == f"192.0.2.{i + 1}"
     assert fake_upstream.calls == 30
 

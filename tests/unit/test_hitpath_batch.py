@@ -129,7 +129,7 @@ def test_batch_records_hits_in_the_log_buffer(sockets):
     hitpath.on_readable()
     records = hitpath.drain_log()
     assert len(records) == 1
-    wall, ip, query, reply, hit, upstream, elapsed_us = records[0]
+    _wall, ip, query, reply, hit, upstream, _elapsed_us = records[0]
     assert ip == "127.0.0.1" and hit is True and upstream == -1
     assert dns.message.from_wire(query).question[0].name.to_text() == "logged.example.org."
     assert dns.message.from_wire(reply).answer[0][0].address == "192.0.2.1"
