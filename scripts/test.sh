@@ -10,6 +10,7 @@ if ! command -v dig >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils >/dev/null
 fi
 
+python3 -m pip install -q --disable-pip-version-check 'Cython>=3.0' setuptools wheel
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # The editable install builds the extensions; build them in the tree too so the
 # tests import exactly this checkout's compiled code.
