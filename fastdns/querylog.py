@@ -25,6 +25,20 @@ import dns.rdataclass
 import dns.rdatatype
 import orjson
 
+from fastdns.wire import (
+    QCLASS_IN,
+    QTYPE_A,
+    QTYPE_AAAA,
+    QTYPE_CNAME,
+    QTYPE_MX,
+    QTYPE_NS,
+    QTYPE_OPT,
+    QTYPE_PTR,
+    QTYPE_SOA,
+    QTYPE_SRV,
+    QTYPE_TXT,
+)
+
 __all__ = [
     "QueryLog",
     "QueryRecord",
@@ -50,17 +64,6 @@ DEFAULT_BATCH_SIZE = 1024
 DEFAULT_FLUSH_INTERVAL_S = 0.05
 _BYTES_PER_MB = 1024 * 1024
 
-QTYPE_A = 1
-QTYPE_NS = 2
-QTYPE_CNAME = 5
-QTYPE_SOA = 6
-QTYPE_PTR = 12
-QTYPE_MX = 15
-QTYPE_TXT = 16
-QTYPE_AAAA = 28
-QTYPE_SRV = 33
-QTYPE_OPT = 41
-QCLASS_IN = 1
 
 _HEADER_COUNTS = struct.Struct("!HHHH")  # QDCOUNT ANCOUNT NSCOUNT ARCOUNT (RFC 1035 §4.1.1)
 _RR_FIXED = struct.Struct("!HHIH")  # TYPE CLASS TTL RDLENGTH (RFC 1035 §4.1.3)

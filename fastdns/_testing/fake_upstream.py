@@ -33,6 +33,8 @@ import dns.rdatatype
 import dns.rrset
 import dns.zonefile
 
+from fastdns.resolve.upstream import format_address
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -356,9 +358,7 @@ class FakeUpstream:
     @property
     def address(self) -> str:
         """The "host:port" string ("[v6]:port" for IPv6) that fastdns configs take."""
-        if ":" in self._host:
-            return f"[{self._host}]:{self.port}"
-        return f"{self._host}:{self.port}"
+        return format_address(self._host, self.port)
 
     # ----------------------------------------------------------------- counters
 

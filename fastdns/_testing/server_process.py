@@ -30,6 +30,7 @@ import yaml
 
 import fastdns
 from fastdns._testing.fake_upstream import free_port
+from fastdns.resolve.upstream import format_address
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -213,9 +214,7 @@ class ServerProcess:
     @property
     def address(self) -> str:
         """The "host:port" string ("[v6]:port" for IPv6) clients use."""
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     @property
     def pid(self) -> int:
