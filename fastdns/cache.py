@@ -55,11 +55,18 @@ class Cache:
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
         self.lru = LruCache(int(settings.max_size_mb * 1024 * 1024))
+        # Wire-format suffix -> TTL, so a miss finds its override with one dict probe per label.
+        self._overrides = {name_to_wire(d): ttl for d, ttl in settings.ttl_overrides.items()}
 
-    def prepare(self, reply_wire: bytes) -> PreparedReply:
+    def prepare(self, reply_wire: bytes, qname_wire: bytes = b"") -> PreparedReply:
         """Stored form of an upstream reply with its cache lifetime (0 = do not cache).
+        A per-domain override covering qname_wire (lowercased) sets the lifetime outright.
         Raises WireError for a reply that cannot be re-served safely."""
         s = self.settings
+        override = self.override_for(qname_wire) if self._overrides else None
+        if override is not None:
+            return prepare_reply(reply_wire, min_ttl=override, max_ttl=override,
+                                 negative_ttl=override, default_ttl=s.default_ttl)
         return prepare_reply(
             reply_wire,
             min_ttl=s.min_ttl,
@@ -67,6 +74,18 @@ class Cache:
             negative_ttl=s.negative_ttl,
             default_ttl=s.default_ttl,
         )
+
+    def override_for(self, qname_wire: bytes) -> int | None:
+        """The TTL override of the closest enclosing configured domain, or None."""
+        pos = 0
+        while pos < len(qname_wire):
+            ttl = self._overrides.get(qname_wire[pos:])
+            if ttl is not None:
+                return ttl
+            if qname_wire[pos] == 0:
+                break
+            pos += 1 + qname_wire[pos]
+        return None
 
     def store(self, key: bytes, prepared: PreparedReply, now: float) -> bool:
         """Cache a prepared reply under key if its policy allows; True if stored."""

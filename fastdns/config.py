@@ -207,6 +207,24 @@ class CacheSettings(BaseModel):
     max_ttl: int = Field(default=86400, ge=0, description="Upper clamp on cached TTLs")
     # RFC 2308 §5: the negative TTL is also bounded by the SOA; this is our ceiling.
     negative_ttl: int = Field(default=300, ge=0, description="Ceiling for NXDOMAIN/NODATA caching")
+    ttl_overrides: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Cache time per domain (and every name below it), replacing the clamps",
+    )
+
+    @field_validator("ttl_overrides")
+    @classmethod
+    def _domains_are_names(cls, value: dict[str, int]) -> dict[str, int]:
+        normalised = {}
+        for domain, ttl in value.items():
+            name = domain.strip().rstrip(".").lower()
+            labels = name.split(".") if name else []
+            if not all(0 < len(label) <= 63 for label in labels) or len(name) > 253:
+                raise PydanticCustomError(
+                    "domain_name", "'{domain}' is not a domain name", {"domain": domain}
+                )
+            normalised[name] = ttl
+        return normalised
 
     @field_validator("max_ttl")
     @classmethod
@@ -458,7 +476,8 @@ def _env_hint(key_path: KeyPath) -> str:
 
 def _env_value(raw: str, annotation: Any) -> Any:
     """Strings stay strings (pydantic's lax mode reads "5300", "true", "1.5" by type); a list
-    is a comma-separated string or a JSON/YAML list; null/none/~/empty clear an optional value.
+    is a comma-separated string or a JSON/YAML list; a mapping is JSON/YAML; null/none/~/empty
+    clear an optional value.
     """
     text = raw.strip()
     if get_origin(annotation) is list:
@@ -470,6 +489,14 @@ def _env_value(raw: str, annotation: Any) -> Any:
             value = None
         if not isinstance(value, list):
             raise ValueError("not a valid list; use a,b,c or a JSON list")
+        return value
+    if get_origin(annotation) is dict:
+        try:
+            value = yaml.safe_load(text) if text else {}
+        except yaml.YAMLError:
+            value = None
+        if not isinstance(value, dict):
+            raise ValueError('not a valid mapping; use JSON, e.g. {"example.org": 60}')
         return value
     if type(None) in get_args(annotation) and text.lower() in ("", "null", "none", "~"):
         return None

@@ -122,7 +122,7 @@ class MissPath:
         # whose first waiter was cancelled: they still get an answer within timeout_s.
         budget_s = self._timeout_s - (monotonic_now() - started)
         result = await self._forwarder.resolve(q, budget_s)
-        prepared = self._cache.prepare(result.reply_wire)
+        prepared = self._cache.prepare(result.reply_wire, q.qname_wire)
         now = monotonic_now()
         self._cache.store(pq.key, prepared, now)
         return Resolved(prepared, self._upstream_index.get(result.upstream, -1), now)

@@ -133,6 +133,24 @@ def test_entry_expires_and_upstream_is_asked_again(fake_upstream, server_factory
     assert fake_upstream.calls == 2
 
 
+def test_per_domain_ttl_override_shortens_caching_for_that_domain_only(
+    fake_upstream, server_factory
+):
+    fake_upstream.answer(
+        "www.dynamic.example.org. 300 IN A 192.0.2.7", "www.example.net. 300 IN A 192.0.2.8"
+    )
+    server = server_factory(
+        config(fake_upstream, cache={"ttl_overrides": {"dynamic.example.org": 1}})
+    )
+    first = ask(server, "www.dynamic.example.org", "A")
+    assert first.answer[0].ttl == 1, "served TTL follows the override"
+    ask(server, "www.example.net", "A")
+    time.sleep(2.2)
+    assert answers(ask(server, "www.dynamic.example.org", "A")) == ["192.0.2.7"]
+    assert ask(server, "www.example.net", "A").answer[0].ttl <= 298
+    assert fake_upstream.calls == 3, "only the overridden name went upstream again"
+
+
 def test_servfail_is_not_cached(fake_upstream, server_factory):
     populate(fake_upstream).mode = "servfail"
     server = server_factory(

@@ -299,3 +299,42 @@ def test_small_cache_evicts_and_counts_it() -> None:
 def test_hit_ratio_is_zero_without_lookups() -> None:
     assert make_cache().stats().hit_ratio == 0.0
     assert CacheStats(3, 1, 0, 0, 0, 0, 0, 0).hit_ratio == 0.75
+
+
+# --- per-domain TTL overrides (SPEC §3) ----------------------------------------------------
+
+
+def test_ttl_override_sets_the_lifetime_for_the_domain_and_below() -> None:
+    cache = Cache(CacheSettings(ttl_overrides={"Example.ORG.": 30, "long.example.net": 7200}))
+    assert cache.override_for(name_to_wire("example.org")) == 30
+    assert cache.override_for(name_to_wire("a.b.example.org")) == 30
+    assert cache.override_for(name_to_wire("notexample.org")) is None
+    assert cache.override_for(name_to_wire("x.long.example.net")) == 7200
+    assert cache.override_for(name_to_wire("example.net")) is None
+
+
+def test_ttl_override_replaces_the_clamps_but_served_ttls_stay_at_most_upstreams() -> None:
+    query = dns.message.make_query("www.example.org", "A")
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("www.example.org.", 300, "IN", "A", "192.0.2.1"))
+    short = Cache(CacheSettings(ttl_overrides={"example.org": 30}))
+    prepared = short.prepare(reply.to_wire(), name_to_wire("www.example.org"))
+    assert prepared.lifetime_s == 30
+    assert dns.message.from_wire(prepared.wire).answer[0].ttl == 30
+
+    long = Cache(CacheSettings(max_ttl=600, ttl_overrides={"example.org": 3600}))
+    prepared = long.prepare(reply.to_wire(), name_to_wire("www.example.org"))
+    assert prepared.lifetime_s == 3600
+    assert dns.message.from_wire(prepared.wire).answer[0].ttl == 300
+
+    plain = long.prepare(reply.to_wire(), name_to_wire("www.example.net"))
+    assert plain.lifetime_s == 300
+
+
+def test_ttl_override_with_a_bad_domain_is_a_config_error() -> None:
+    from fastdns.config import load_settings
+    from fastdns.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides={"cache": {"ttl_overrides": {"bad..name": 5}}}, environ={})
+    assert "cache.ttl_overrides" in str(info.value) and "bad..name" in str(info.value)
