@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from typing import cast
 
 from fastdns._fastpath import HitPath, monotonic_now, pack_sockaddr
 from fastdns.resolve.pipeline import MissPath
@@ -57,20 +58,22 @@ class TcpConnection(asyncio.Protocol):
         self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # A stream transport (uvloop's does not subclass asyncio.Transport, so no isinstance).
+        stream = cast(asyncio.Transport, transport)
+        self._transport = stream
         state = self._state
         if len(state.connections) >= state.max_connections:
             # Over the limit: close at once rather than let connections pile up.
             state.rejected += 1
-            transport.abort()
+            stream.abort()
             return
         state.connections.add(self)
         try:
-            self._peer = pack_sockaddr(transport.get_extra_info("peername"))
+            self._peer = pack_sockaddr(stream.get_extra_info("peername"))
         except (TypeError, ValueError):
-            transport.abort()
+            stream.abort()
             return
-        self._transport.set_write_buffer_limits(high=256 * 1024)
+        stream.set_write_buffer_limits(high=256 * 1024)
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
