@@ -48,10 +48,33 @@ def write_uncached_queries(path: Path, zone: str, count: int) -> Path:
     return path
 
 
+def write_zipf_queries(path: Path, zone: str, names: int, count: int, s: float,
+                       seed: int) -> list[int]:
+    """``count`` queries drawn from ``names`` names with Zipf exponent ``s`` (rank 1 =
+    ``z0``); returns the drawn ranks so the caller can tell first sends from repeats."""
+    import itertools
+    import random
+
+    weights = itertools.accumulate((i + 1) ** -s for i in range(names))
+    ranks = random.Random(seed).choices(range(names), cum_weights=list(weights), k=count)
+    with open(path, "w") as out:
+        out.writelines(f"z{rank}.{zone} A\n" for rank in ranks)
+    return ranks
+
+
+def write_named_queries(path: Path, zone: str, names: int) -> Path:
+    """``z0`` .. ``z{names-1}``, the universe that ``write_zipf_queries`` draws from."""
+    path.write_text("".join(f"z{i}.{zone} A\n" for i in range(names)))
+    return path
+
+
 def command(*, port: int, queryfile: Path, duration: float | None, clients: int,
-            outstanding: int, max_qps: int | None, runs: int | None) -> list[str]:
+            outstanding: int, max_qps: int | None, runs: int | None,
+            tcp: bool = False) -> list[str]:
     argv = ["dnsperf", "-s", LOOPBACK, "-p", str(port), "-d", str(queryfile),
             "-c", str(clients), "-T", "1", "-q", str(outstanding), "-t", "5"]
+    if tcp:
+        argv += ["-m", "tcp"]
     if duration is not None:
         argv += ["-l", f"{duration:g}"]
     if runs is not None:
@@ -72,6 +95,12 @@ class DnsperfReport:
     min_latency_s: float
     max_latency_s: float
     rcodes: dict[str, int]
+    # Only blast fills these: names sent for the first time / again (a name's first query
+    # can never be a cache hit), NOERROR replies with no answer RR, timed-out queries re-sent.
+    distinct: int = 0
+    repeats: int = 0
+    noerror_without_answer: int = 0
+    retried: int = 0
 
 
 def _number(pattern: str, text: str) -> float:

@@ -26,6 +26,10 @@ class Run:
     other_on_server_cpu_pct: float
     peak_rss_kib: int
     rcodes: dict[str, int] = field(default_factory=dict)
+    # 'mixed' only: % of queries naming a name already sent to this server (warm-up
+    # included), i.e. the hit ratio of a cache that never evicts. The servers do not
+    # expose their own hit ratio, so this is the client-side upper bound.
+    repeat_pct: float = math.nan
 
     @property
     def lost_pct(self) -> float:
@@ -87,6 +91,10 @@ class Result:
         return Spread.of([r.dnsperf_cpu_pct for r in self.runs])
 
     @property
+    def repeat_pct(self) -> Spread:
+        return Spread.of([r.repeat_pct for r in self.runs])
+
+    @property
     def peak_rss_kib(self) -> int:
         return max(r.peak_rss_kib for r in self.runs)
 
@@ -105,6 +113,7 @@ class Result:
             "other_on_server_cpu_pct": asdict(
                 Spread.of([r.other_on_server_cpu_pct for r in self.runs])),
             "peak_rss_kib": self.peak_rss_kib,
+            "ideal_hit_pct": asdict(self.repeat_pct),
             "vs_unbound": self.vs_unbound,
             "runs": [{k: _round(v) if isinstance(v, float) else v
                       for k, v in (asdict(r) | {"lost_pct": r.lost_pct}).items()}
@@ -130,9 +139,12 @@ def _fmt(spread: Spread, digits: int) -> str:
     return f"{spread.median:.{digits}f} ({spread.min:.{digits}f}-{spread.max:.{digits}f})"
 
 
-def table(results: list[Result]) -> str:
+def table(results: list[Result], generator: str = "dnsperf") -> str:
     header = ["server", "workload", "qps", "avg lat ms", "max lat ms", "lost %",
-              "cpu us/q", "srv cpu %", "dnsperf cpu %", "peak RSS MiB", "vs unbound"]
+              "cpu us/q", "srv cpu %", f"{generator} cpu %", "peak RSS MiB", "vs unbound"]
+    mixed = any(r.workload == "mixed" for r in results)
+    if mixed:
+        header.insert(6, "ideal hit %")
     rows = [header]
     for r in results:
         rows.append([
@@ -142,6 +154,8 @@ def table(results: list[Result]) -> str:
             f"{r.peak_rss_kib / 1024:.1f}",
             "-" if r.vs_unbound is None else f"{r.vs_unbound:.2f}x",
         ])
+        if mixed:
+            rows[-1].insert(6, _fmt(r.repeat_pct, 1))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]

@@ -1,14 +1,15 @@
 """Command line and orchestration of the load benchmark.
 
 Owns the run order: start the NSD upstream, then for each server and workload start a
-fresh server pinned to one CPU, warm it (cached workload), drive it with dnsperf pinned
-to another CPU, sample its CPU time and peak RSS, and stop it; then report. It must stop
+fresh server pinned to one CPU, warm it (cached, tcp, mixed), drive it with the load
+generator (dnsperf, or the compiled ``blast``) pinned to another CPU, sample its CPU time and peak RSS, and stop it; then report. It must stop
 every process it started (by PID, in ``finally``), also on Ctrl-C, SIGTERM or errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.load import dnsperf
+from benchmarks.load import blast, dnsperf
 from benchmarks.load.dnswire import wait_until_answering
 from benchmarks.load.procs import (
     BenchError,
@@ -36,7 +37,9 @@ from benchmarks.load.procs import (
 from benchmarks.load.report import Result, Run, add_ratios, table
 from benchmarks.load.servers import REPO_ROOT, RESOLVERS, ZONE, Resolver, nsd_launch, nsd_version
 
-WORKLOADS = ("cached", "uncached")
+WORKLOADS = ("cached", "uncached", "tcp", "mixed")
+DEFAULT_WORKLOADS = ("cached", "uncached")
+GENERATORS = ("dnsperf", "blast")
 READY_NAME = f"ready.{ZONE}"  # in neither query file, so probing never pre-warms the cache
 
 
@@ -64,13 +67,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", type=_csv(list(RESOLVERS)),
                         default=["fastdns", "fastdns+log", "unbound", "dnsmasq"],
                         help="comma list of %(default)s")
-    parser.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
-                        help="comma list: cached (1000 names, warmed), uncached (never repeated)")
+    parser.add_argument("--workloads", type=_csv(WORKLOADS), default=list(DEFAULT_WORKLOADS),
+                        help="comma list (default cached,uncached): cached (1000 names, warmed), "
+                             "uncached (never repeated), tcp (the cached names over "
+                             "--tcp-connections TCP connections), mixed (Zipf over "
+                             "--mixed-names names, after a --mixed-warmup)")
+    parser.add_argument("--generator", choices=GENERATORS, default="dnsperf",
+                        help="load generator: dnsperf (default; latency figures) or blast "
+                             "(blast.c, built with gcc; far cheaper per query, for peak qps)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per dnsperf run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per (server, workload)")
-    parser.add_argument("--clients", type=int, default=10, help="dnsperf -c")
-    parser.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
+    parser.add_argument("--clients", type=int, default=10,
+                        help="dnsperf -c / blast UDP sockets")
+    parser.add_argument("--outstanding", type=int, default=100,
+                        help="queries in flight: dnsperf -q / blast window")
     parser.add_argument("--max-qps", type=int, default=None, help="dnsperf -Q (default: none)")
+    parser.add_argument("--tcp-connections", type=int, default=1000,
+                        help="'tcp': concurrent connections (one query in flight on each)")
+    parser.add_argument("--mixed-names", type=int, default=100_000,
+                        help="'mixed': distinct names the Zipf draws come from")
+    parser.add_argument("--zipf", type=float, default=1.0, help="'mixed': Zipf exponent s")
+    parser.add_argument("--mixed-warmup", type=float, default=2.0,
+                        help="'mixed': seconds of the same Zipf load before measuring")
     parser.add_argument("--uncached-names", type=int, default=None,
                         help="distinct names for 'uncached' (default: max(2M, 250k x duration))")
     parser.add_argument("--server-cpu", type=int, default=cpus[0])
@@ -80,8 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CPU for NSD (shares dnsperf's CPU on a 2-CPU machine)")
     parser.add_argument("--json", action="store_true", help="one JSON line per result on stdout")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.repeat < 1 or args.clients < 1 or args.outstanding < 1:
-        parser.error("--duration, --repeat, --clients and --outstanding must be positive")
+    if (args.duration <= 0 or args.repeat < 1 or args.clients < 1 or args.outstanding < 1
+            or args.tcp_connections < 1 or args.mixed_names < 1 or args.zipf <= 0
+            or args.mixed_warmup < 0):
+        parser.error("--duration, --repeat, --clients, --outstanding, --tcp-connections, "
+                     "--mixed-names and --zipf must be positive")
     if args.uncached_names is None:
         args.uncached_names = max(2_000_000, int(250_000 * args.duration))
     return args
@@ -106,8 +127,12 @@ class Bench:
         self.workdir = workdir
         self.procs = procs
         self.upstream_port = 0
+        self.upstream_pid = 0
         self.queryfiles: dict[str, Path] = {}
         self.last_dnsperf_cpu_s = 0.0
+        self.blast_binary: Path | None = None
+        if args.generator == "blast":
+            self.blast_binary = blast.build(workdir)
 
     def start_upstream(self) -> None:
         self.upstream_port = free_port()
@@ -115,6 +140,7 @@ class Bench:
         updir.mkdir()
         launch = nsd_launch(updir, self.upstream_port)
         child = self.procs.start("nsd", launch.argv, cpu=self.args.upstream_cpu)
+        self.upstream_pid = child.pid
         if not wait_until_answering(self.upstream_port, READY_NAME, 15,
                                     lambda: child.proc.poll() is None):
             raise BenchError(f"nsd did not start answering:\n{child.stderr_tail()}")
@@ -123,34 +149,65 @@ class Bench:
     def queryfile(self, workload: str) -> Path:
         if workload not in self.queryfiles:
             path = self.workdir / f"queries-{workload}.txt"
-            if workload == "cached":
+            if workload in ("cached", "tcp"):
                 dnsperf.write_cached_queries(path, ZONE)
+            elif workload == "mixed":
+                dnsperf.write_named_queries(path, ZONE, self.args.mixed_names)
             else:
                 _log(f"writing {self.args.uncached_names:,} distinct names for 'uncached'")
                 dnsperf.write_uncached_queries(path, ZONE, self.args.uncached_names)
             self.queryfiles[workload] = path
         return self.queryfiles[workload]
 
-    def dnsperf(self, name: str, port: int, workload: str, *, warm: bool) -> dnsperf.DnsperfReport:
+    def generate(self, name: str, port: int, workload: str, *, warm: bool,
+                 seen: Path | None = None, seed: int = 0) -> dnsperf.DnsperfReport:
+        """One run of the load generator; ``warm`` is the pass that fills the cache first
+        (over UDP, whatever the workload). ``seen``/``seed``: state of a 'mixed' run."""
         args = self.args
-        argv = dnsperf.command(
-            port=port, queryfile=self.queryfile(workload),
-            duration=None if warm else args.duration,
-            clients=args.clients, outstanding=args.outstanding,
-            max_qps=None if warm else args.max_qps,
-            # Uncached: each name at most once, so no answer can come from the cache.
-            runs=1 if warm or workload == "uncached" else None)
-        timeout = 120 if warm else args.duration + 30
-        # dnsperf is the only child reaped in this window, so the delta is its CPU time.
+        tcp = workload == "tcp" and not warm
+        duration: float | None = None if warm else args.duration
+        # Uncached: each name at most once, so no answer can come from the cache.
+        runs = 1 if warm or workload == "uncached" else None
+        clients = args.tcp_connections if tcp else args.clients
+        outstanding = max(args.outstanding, args.tcp_connections) if tcp else args.outstanding
+        zipf_ranks: list[int] | None = None
+        queryfile = self.queryfile(workload)
+        if workload == "mixed":
+            duration = args.mixed_warmup if warm else args.duration
+            runs = None
+            if args.generator == "dnsperf":
+                # dnsperf cannot draw names itself: give it a file of Zipf draws, sent once.
+                queryfile = self.workdir / f"{name}.zipf.txt"
+                zipf_ranks = dnsperf.write_zipf_queries(
+                    queryfile, ZONE, args.mixed_names, int(300_000 * duration) + 1000,
+                    args.zipf, seed)
+                runs = 1
+        max_qps = None if warm else args.max_qps
+        if self.blast_binary is not None:
+            argv = blast.command(self.blast_binary, port=port, queryfile=queryfile,
+                                 duration=duration, window=outstanding, sockets=clients, tcp=tcp,
+                                 passes=runs, max_qps=max_qps,
+                                 zipf=args.zipf if workload == "mixed" else None,
+                                 seen_file=seen if workload == "mixed" else None)
+        else:
+            argv = dnsperf.command(port=port, queryfile=queryfile, duration=duration,
+                                   clients=clients, outstanding=outstanding, max_qps=max_qps,
+                                   runs=runs, tcp=tcp)
+        timeout = 120 if warm and duration is None else (duration or 0) + 30
+        # The generator is the only child reaped in this window, so the delta is its CPU time.
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         child = self.procs.run(name, argv, timeout=timeout, cpu=args.client_cpu)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         text = child.stdout_path.read_text(errors="replace")
         if child.proc.returncode != 0:
-            raise BenchError(f"dnsperf failed ({child.proc.returncode}):\n{child.stderr_tail()}")
+            raise BenchError(f"{args.generator} failed ({child.proc.returncode}):\n"
+                             f"{child.stderr_tail()}")
         self.last_dnsperf_cpu_s = (after.ru_utime + after.ru_stime
                                    - before.ru_utime - before.ru_stime)
-        return dnsperf.parse(text)
+        report = blast.parse(text) if self.blast_binary is not None else dnsperf.parse(text)
+        if zipf_ranks is not None and seen is not None:
+            report = _count_repeats(report, zipf_ranks, seen)
+        return report
 
     def run_once(self, resolver: Resolver, workload: str, index: int) -> Run:
         tag = f"{resolver.name.replace('+', '-')}-{workload}-{index}"
@@ -161,12 +218,15 @@ class Bench:
             if not wait_until_answering(port, READY_NAME, 30, lambda: server.proc.poll() is None):
                 raise BenchError(f"{resolver.name} did not start answering on 127.0.0.1:{port}:\n"
                                  f"{server.stderr_tail()}")
-            if workload == "cached":
-                warm = self.dnsperf(f"{tag}-warm", port, workload, warm=True)
+            seen = self.workdir / f"{tag}.seen" if workload == "mixed" else None
+            if workload != "uncached":
+                warm = self.generate(f"{tag}-warm", port, workload, warm=True, seen=seen,
+                                     seed=2 * index)
                 if warm.completed < warm.sent:
                     _log(f"  warm-up: {warm.sent - warm.completed} of {warm.sent} lost")
             cpu_before, jiffies_before = tree_cpu_seconds(server.pid), cpu_jiffies()
-            report = self.dnsperf(f"{tag}-dnsperf", port, workload, warm=False)
+            report = self.generate(f"{tag}-load", port, workload, warm=False, seen=seen,
+                                   seed=2 * index + 1)
             cpu_after, jiffies_after = tree_cpu_seconds(server.pid), cpu_jiffies()
             rss = tree_peak_rss_kib(server.pid)
             if server.proc.poll() is not None:
@@ -191,7 +251,25 @@ class Bench:
                    cpu_us_per_query=cpu_us, server_cpu_pct=server_cpu_pct,
                    other_on_server_cpu_pct=other_pct,
                    dnsperf_cpu_pct=100 * self.last_dnsperf_cpu_s / wall,
-                   peak_rss_kib=rss, rcodes=report.rcodes)
+                   peak_rss_kib=rss, rcodes=report.rcodes,
+                   repeat_pct=(100 * report.repeats / (report.repeats + report.distinct)
+                               if workload == "mixed" and report.repeats + report.distinct
+                               else math.nan))
+
+
+def _count_repeats(report: dnsperf.DnsperfReport, ranks: list[int],
+                   seen_path: Path) -> dnsperf.DnsperfReport:
+    """For dnsperf's 'mixed' runs: which of the draws it sent (the first ``sent``, in file
+    order with one thread) named a name already sent to this server, warm-up included."""
+    seen = set(json.loads(seen_path.read_text())) if seen_path.exists() else set()
+    repeats = 0
+    for rank in ranks[:report.sent]:
+        if rank in seen:
+            repeats += 1
+        else:
+            seen.add(rank)
+    seen_path.write_text(json.dumps(sorted(seen)))
+    return dataclasses.replace(report, repeats=repeats, distinct=report.sent - repeats)
 
 
 def _warn_if_busy(args: argparse.Namespace) -> None:
@@ -216,7 +294,9 @@ def _measure(bench: Bench, resolver: Resolver) -> list[Result]:
             run = bench.run_once(resolver, workload, index)
             _log(f"  {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms, "
                  f"lost {run.lost}, {run.cpu_us_per_query:.1f} cpu us/q, "
-                 f"server {run.server_cpu_pct:.0f}% / dnsperf {run.dnsperf_cpu_pct:.0f}% cpu, "
+                 + (f"ideal hit {run.repeat_pct:.1f}%, " if workload == "mixed" else "")
+                 + f"server {run.server_cpu_pct:.0f}% / {args.generator} "
+                 f"{run.dnsperf_cpu_pct:.0f}% cpu, "
                  f"other load on the server's CPU {run.other_on_server_cpu_pct:.0f}%")
             runs.append(run)
         results.append(Result(resolver.name, workload, runs))
@@ -225,7 +305,7 @@ def _measure(bench: Bench, resolver: Resolver) -> list[Result]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("dnsperf", "taskset"):
+    for tool in (("dnsperf", "taskset") if args.generator == "dnsperf" else ("taskset",)):
         if shutil.which(tool) is None:
             _log(f"benchmarks.load: {tool} is not installed")
             return 2
@@ -233,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         _log("note: only one CPU available; server and dnsperf share it")
 
     resolvers: list[Resolver] = []
-    versions: dict[str, str] = {"dnsperf": dnsperf.dnsperf_version(), "upstream": nsd_version()}
+    versions: dict[str, str] = {
+        args.generator: (dnsperf.dnsperf_version() if args.generator == "dnsperf"
+                         else blast.version()),
+        "upstream": nsd_version()}
     for name in args.servers:
         resolver = RESOLVERS[name]
         reason = resolver.missing_reason()
@@ -282,14 +365,17 @@ def main(argv: list[str] | None = None) -> int:
             "dirty": bool(status) if status is not None else None,
             "python": platform.python_version(),
             "versions": versions,
+            "generator": args.generator,
             "duration_s": args.duration, "repeat": args.repeat, "clients": args.clients,
             "outstanding": args.outstanding, "max_qps": args.max_qps,
+            "tcp_connections": args.tcp_connections, "mixed_names": args.mixed_names,
+            "zipf": args.zipf, "mixed_warmup_s": args.mixed_warmup,
             "cpus": {"server": args.server_cpu, "dnsperf": args.client_cpu,
                      "upstream": args.upstream_cpu},
         }
         for result in results:
             print(json.dumps(result.as_json(meta)), flush=True)
     else:
-        print(table(results))
+        print(table(results, generator=args.generator))
         print("\n" + ", ".join(f"{k}: {v}" for k, v in versions.items()))
     return 0

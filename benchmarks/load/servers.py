@@ -133,13 +133,17 @@ class Resolver:
             return "unbound " + _first_line(["unbound", "-V"]).removeprefix("Version ")
         return _first_line(["dnsmasq", "--version"])
 
-    def launch(self, workdir: Path, port: int, upstream_port: int) -> Launch:
+    def launch(self, workdir: Path, port: int, upstream_port: int, *,
+               cache_mb: int | None = None) -> Launch:
+        """``cache_mb``: a cache this large (fastdns ``max_size_mb``; Unbound msg cache,
+        and twice that for the rrset cache) instead of the defaults below."""
         workdir.mkdir(parents=True, exist_ok=True)
         if self.binary == "unbound":
-            return _unbound(workdir, port, upstream_port)
+            return _unbound(workdir, port, upstream_port, cache_mb=cache_mb)
         if self.binary == "dnsmasq":
             return _dnsmasq(workdir, port, upstream_port)
-        return _fastdns(workdir, port, upstream_port, query_log=self.name == "fastdns+log")
+        return _fastdns(workdir, port, upstream_port, query_log=self.name == "fastdns+log",
+                        cache_mb=cache_mb)
 
 
 RESOLVERS: dict[str, Resolver] = {
@@ -150,7 +154,8 @@ RESOLVERS: dict[str, Resolver] = {
 }
 
 
-def _unbound(workdir: Path, port: int, upstream_port: int) -> Launch:
+def _unbound(workdir: Path, port: int, upstream_port: int, *, cache_mb: int | None) -> Launch:
+    msg_mb = cache_mb or 128
     # forward-first: no means never fall back to recursion from the built-in root hints;
     # do-not-query-localhost: no is needed for the forwarder on 127.0.0.1 to be used at all.
     conf = f"""server:
@@ -166,8 +171,10 @@ def _unbound(workdir: Path, port: int, upstream_port: int) -> Launch:
   num-threads: 1
   num-queries-per-thread: 4096
   outgoing-range: 8192
-  msg-cache-size: 128m
-  rrset-cache-size: 256m
+  msg-cache-size: {msg_mb}m
+  rrset-cache-size: {2 * msg_mb}m
+  # The 'tcp' workload holds 1000 connections; the default (10 per thread) would queue them.
+  incoming-num-tcp: 1100
   module-config: "iterator"
   qname-minimisation: no
   prefetch: no
@@ -218,14 +225,15 @@ def _dnsmasq(workdir: Path, port: int, upstream_port: int) -> Launch:
     return Launch(argv)
 
 
-def _fastdns(workdir: Path, port: int, upstream_port: int, *, query_log: bool) -> Launch:
+def _fastdns(workdir: Path, port: int, upstream_port: int, *, query_log: bool,
+             cache_mb: int | None) -> Launch:
     from benchmarks.load.procs import free_port
 
     config = {
         "server": {"bind_address": LOOPBACK, "dns_port": port, "web_port": free_port(),
                    "workers": 1},
         "upstream_servers": [f"{LOOPBACK}:{upstream_port}"],
-        "cache": {"max_size_mb": 512},
+        "cache": {"max_size_mb": cache_mb or 512},
         "logging": {"level": "WARNING", "query_log": query_log,
                     "file": str(workdir / ("query.log" if query_log else "fastdns.log"))},
         "security": {"rate_limit_per_ip": 0},
