@@ -13,7 +13,7 @@ extensions = [
         define_macros=[("FASTDNS_DEBUG", "1" if DEBUG else "0")],
         extra_compile_args=["-O2"] if not DEBUG else ["-O0", "-g"],
     )
-    for name in ("_wire", "_lru", "_fastpath")
+    for name in ("_wire", "_lru", "_logenc", "_fastpath")
 ]
 
 setup(

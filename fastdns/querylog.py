@@ -363,8 +363,12 @@ _CLOCK = _Clock()
 _UUID_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
-def _request_ids(count: int) -> list[str]:
-    hexes = os.urandom(16 * count).hex()
+def _request_ids(count: int, random_bytes: bytes | None = None) -> list[str]:
+    """`count` uuid4 texts from 16 random bytes each (os.urandom unless given; tests inject
+    bytes so this encoder and fastdns._logenc can be compared byte for byte)."""
+    if random_bytes is None:
+        random_bytes = os.urandom(16 * count)
+    hexes = random_bytes[: 16 * count].hex()
     ids = []
     for i in range(0, 32 * count, 32):
         h = hexes[i : i + 32]
@@ -529,6 +533,12 @@ class _RotatingFileSink:
         if limit <= 0 or self._size + len(data) <= limit:
             self._write(data)
             return
+        # Callers may hand over several lines as one chunk (QueryLog.write_encoded).
+        lines = [chunk + b"\n" for chunk in data.split(b"\n")]
+        if data.endswith(b"\n"):
+            lines.pop()
+        else:
+            lines[-1] = lines[-1][:-1]
         # Split at line boundaries so every file stays under the limit (a single line longer
         # than the limit gets a file of its own).
         chunk: list[bytes] = []
@@ -695,6 +705,26 @@ class QueryLog:
             _log.warning("query log: write to %s failed: %s", self.path or "stdout", exc)
             return
         self.written += len(lines)
+
+    def write_encoded(self, data: bytes, count: int) -> None:
+        """Write `count` ready-made JSON lines (`data`, newline-terminated, e.g. from
+        HitPath.drain_log_json) through the same sink, rotation and counters as the writer.
+
+        Synchronous, one write per call. After `close()` the lines are counted as dropped.
+        """
+        if not count:
+            return
+        if self._closed:
+            self.dropped += count
+            return
+        try:
+            self._sink.write_lines([data])
+        except OSError as exc:
+            self.write_errors += 1
+            self.dropped += count
+            _log.warning("query log: write to %s failed: %s", self.path or "stdout", exc)
+            return
+        self.written += count
 
     def flush_now(self) -> None:
         """Write every pending record now (synchronously); used at shutdown."""
