@@ -14,6 +14,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
+from fastdns._logenc cimport LogHead, encode_log, log_record_size
 from fastdns._lru cimport Entry, LruCache, entry_offsets, entry_wire
 from fastdns._wire cimport (
     HEADER_LEN, MAX_MESSAGE, MAX_NAME_LEN, MAX_UDP_REPLY, OPT_RR_LEN, PARSE_BADVERS, PARSE_DROP,
@@ -147,6 +148,47 @@ cdef inline bint net_contains(const Net* net, const ClientAddr* a) noexcept nogi
     return (net.ip[full] ^ a.ip[full]) & (0xFF << (8 - rest)) & 0xFF == 0
 
 
+# A set of networks; `everyone` when it holds both 0.0.0.0/0 and ::/0 (the scan is skipped).
+cdef struct NetList:
+    Net* nets
+    int n
+    bint everyone
+
+
+cdef int net_list_init(NetList* nl, list networks) except -1:
+    """networks: (packed address bytes, prefix length) pairs; v4 given as 4 bytes."""
+    cdef Net* net
+    nl.nets = <Net*>malloc(max(1, len(networks)) * sizeof(Net))
+    if nl.nets == NULL:
+        raise MemoryError()
+    nl.n = 0
+    for packed, prefix in networks:
+        net = &nl.nets[nl.n]
+        memset(net.ip, 0, 16)
+        if len(packed) == 4:
+            net.ip[10] = 0xFF
+            net.ip[11] = 0xFF
+            memcpy(net.ip + 12, <const char*>packed, 4)
+            net.prefix = 96 + prefix
+        else:
+            memcpy(net.ip, <const char*>packed, 16)
+            net.prefix = prefix
+        nl.n += 1
+    nl.everyone = (any(len(p) == 4 and n == 0 for p, n in networks)
+                   and any(len(p) == 16 and n == 0 for p, n in networks))
+    return 0
+
+
+cdef inline bint net_list_contains(const NetList* nl, const ClientAddr* a) noexcept nogil:
+    cdef int i
+    if nl.everyone:
+        return 1
+    for i in range(nl.n):
+        if net_contains(&nl.nets[i], a):
+            return 1
+    return 0
+
+
 # Token bucket per client. The table is fixed-size and a slot is taken over by a new
 # address, so memory stays flat however many sources (spoofed or not) appear.
 cdef struct RateSlot:
@@ -155,26 +197,12 @@ cdef struct RateSlot:
     double last
 
 
-# Log buffer record, followed by query_len bytes of query and reply_len bytes of reply.
-cdef struct LogHead:
-    double wall_time
-    double elapsed_s
-    unsigned char ip[16]
-    uint16_t port
-    uint8_t v4
-    uint8_t cache_hit
-    uint16_t upstream      # index into the upstream name table; 0xFFFF = none
-    uint16_t query_len
-    uint16_t reply_len
-
-
 @cython.final
 cdef class HitPath:
     """Answers what it can in C; hands misses to `on_miss(data, addr)`."""
     cdef readonly LruCache cache
-    cdef bint allow_all
-    cdef Net* nets
-    cdef int n_nets
+    cdef NetList allowed
+    cdef NetList rate_exempt
     cdef double rate_per_s
     cdef double burst
     cdef RateSlot* slots
@@ -209,7 +237,8 @@ cdef class HitPath:
     cdef readonly uint64_t log_dropped
 
     def __cinit__(self, LruCache cache not None, *, list allowed_networks, double rate_per_s,
-                  bint log_enabled, size_t log_buffer_bytes=16 * 1024 * 1024, uint64_t seed=0):
+                  bint log_enabled, list rate_exempt_networks=None,
+                  size_t log_buffer_bytes=16 * 1024 * 1024, uint64_t seed=0):
         self.cache = cache
         self.fd = -1
         self.in_bufs = <unsigned char*>malloc(BATCH * IN_BUF)
@@ -217,7 +246,8 @@ cdef class HitPath:
         self.tcp_out = <unsigned char*>malloc(MAX_MESSAGE + OPT_RR_LEN)
         if self.in_bufs == NULL or self.out_bufs == NULL or self.tcp_out == NULL:
             raise MemoryError()
-        self._set_networks(allowed_networks)
+        net_list_init(&self.allowed, allowed_networks)
+        net_list_init(&self.rate_exempt, rate_exempt_networks or [])
         self.rate_per_s = rate_per_s
         self.burst = rate_per_s if rate_per_s >= 1 else 1
         self.rl_seed = seed | 1
@@ -239,42 +269,10 @@ cdef class HitPath:
         free(self.in_bufs)
         free(self.out_bufs)
         free(self.tcp_out)
-        free(self.nets)
+        free(self.allowed.nets)
+        free(self.rate_exempt.nets)
         free(self.slots)
         free(self.log_buf)
-
-    cdef _set_networks(self, list networks):
-        """networks: (packed address bytes, prefix length) pairs; v4 given as 4 bytes."""
-        self.nets = <Net*>malloc(max(1, len(networks)) * sizeof(Net))
-        if self.nets == NULL:
-            raise MemoryError()
-        self.n_nets = 0
-        self.allow_all = 0
-        for packed, prefix in networks:
-            net = &self.nets[self.n_nets]
-            memset(net.ip, 0, 16)
-            if len(packed) == 4:
-                net.ip[10] = 0xFF
-                net.ip[11] = 0xFF
-                memcpy(net.ip + 12, <const char*>packed, 4)
-                net.prefix = 96 + prefix
-            else:
-                memcpy(net.ip, <const char*>packed, 16)
-                net.prefix = prefix
-            self.n_nets += 1
-        # 0.0.0.0/0 together with ::/0 admits everyone: skip the scan entirely.
-        has_v4_all = any(len(p) == 4 and n == 0 for p, n in networks)
-        has_v6_all = any(len(p) == 16 and n == 0 for p, n in networks)
-        self.allow_all = has_v4_all and has_v6_all
-
-    cdef bint acl_allows(self, const ClientAddr* a) noexcept nogil:
-        cdef int i
-        if self.allow_all:
-            return 1
-        for i in range(self.n_nets):
-            if net_contains(&self.nets[i], a):
-                return 1
-        return 0
 
     cdef bint take_token(self, const ClientAddr* a, double now) noexcept nogil:
         """Token bucket keyed on the transport source address (IPv6 by /64): the client
@@ -308,8 +306,9 @@ cdef class HitPath:
         """Parse → guards → cache. Guards run in this order, each for a reason:
         1. drop non-queries: answering a response invites reflection loops;
         2. ACL: cheapest, and a refused client learns nothing but REFUSED;
-        3. rate limit (UDP only; TCP proves the source): over the limit the reply is an
-           empty TC=1, no larger than the query, so the server cannot amplify (RRL "slip");
+        3. rate limit (UDP only; TCP proves the source; exempt networks skip it): over the
+           limit the reply is an empty TC=1, no larger than the query, so the server cannot
+           amplify (RRL "slip");
         4. protocol errors get their rcode; 5. the cache answers or it is a miss."""
         cdef ClientAddr a
         cdef int status = read_query(buf, n, q)
@@ -320,11 +319,12 @@ cdef class HitPath:
             self.dropped += 1
             return ACTION_DROP
         client_addr(sa, &a)
-        if not self.acl_allows(&a):
+        if not net_list_contains(&self.allowed, &a):
             self.acl_refused += 1
             out_len[0] = render_header_only(buf, q, 5, 0, out)
             return ACTION_SEND
-        if udp and self.slots != NULL and not self.take_token(&a, now):
+        if (udp and self.slots != NULL and not net_list_contains(&self.rate_exempt, &a)
+                and not self.take_token(&a, now)):
             self.rate_limited += 1
             out_len[0] = render_header_only(buf, q, 0, 1, out)
             return ACTION_SEND
@@ -536,9 +536,18 @@ cdef class HitPath:
                         PyBytes_FromStringAndSize(<const char*>body + h.query_len, h.reply_len),
                         bool(h.cache_hit), -1 if h.upstream == 0xFFFF else h.upstream,
                         int(h.elapsed_s * 1e6)))
-            pos += (sizeof(LogHead) + h.query_len + h.reply_len + 7) & ~(<size_t>7)
+            pos += log_record_size(h)
         self.log_len = 0
         return out
+
+    def drain_log_json(self, list upstream_names not None, random_bytes=None) -> bytes:
+        """Every buffered record as SPEC §4 JSON lines (fastdns._logenc, one call per batch);
+        empties the buffer. upstream_names maps upstream indexes to names; random_bytes (16
+        per record, default os.urandom) supplies the request ids. Runs in the log pump."""
+        try:
+            return encode_log(self.log_buf, self.log_len, upstream_names, random_bytes)
+        finally:
+            self.log_len = 0
 
     def counters(self) -> dict:
         return {

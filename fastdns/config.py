@@ -267,6 +267,13 @@ class SecuritySettings(BaseModel):
     allowed_networks: list[Network] = Field(
         default=["0.0.0.0/0", "::/0"], validate_default=True, description="Clients allowed (CIDR)"
     )
+    # Loopback sources cannot be spoofed from the network (the kernel drops them on other
+    # interfaces), so they cannot turn the server into an amplifier: local tools go unthrottled.
+    rate_limit_exempt: list[Network] = Field(
+        default=["127.0.0.0/8", "::1/128"],
+        validate_default=True,
+        description="Clients never rate limited (CIDR)",
+    )
     blacklist_enabled: bool = Field(default=True, description="Apply the domain blocklists")
 
 

@@ -209,8 +209,11 @@ def _tcp_socket(settings: Settings, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _allowed_networks(settings: Settings) -> list[tuple[bytes, int]]:
-    return [(net.network_address.packed, net.prefixlen) for net in settings.security.allowed_networks]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _packed(networks: list[Network]) -> list[tuple[bytes, int]]:
+    return [(net.network_address.packed, net.prefixlen) for net in networks]
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -218,8 +221,9 @@ def build_runtime(settings: Settings) -> Runtime:
     cache = Cache(settings.cache)
     hitpath = HitPath(
         cache.lru,
-        allowed_networks=_allowed_networks(settings),
+        allowed_networks=_packed(settings.security.allowed_networks),
         rate_per_s=float(settings.security.rate_limit_per_ip),
+        rate_exempt_networks=_packed(settings.security.rate_limit_exempt),
         log_enabled=settings.logging.query_log,
         seed=secrets.randbits(64),
     )
@@ -248,7 +252,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 async def _pump_query_log(rt: Runtime) -> None:
-    """Move compact records from the C buffer to the JSON writer, in batches."""
+    """Encode the C buffer's records as JSON lines (in C, one call per batch) and write them."""
     assert rt.querylog is not None
     names = rt.misspath.upstream_names
     while True:
@@ -258,9 +262,9 @@ async def _pump_query_log(rt: Runtime) -> None:
 
 def _drain_into(rt: Runtime, names: list[str]) -> None:
     assert rt.querylog is not None
-    append = rt.querylog.append
-    for wall, ip, query, reply, hit, upstream, elapsed_us in rt.hitpath.drain_log():
-        append((wall, ip, query, reply, hit, names[upstream] if upstream >= 0 else None, elapsed_us))
+    data = rt.hitpath.drain_log_json(names)
+    if data:
+        rt.querylog.write_encoded(data, data.count(b"\n"))
 
 
 async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,

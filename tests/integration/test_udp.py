@@ -169,7 +169,9 @@ def test_rate_limit_slips_tc_for_the_excess_and_tcp_still_answers(
     fake_upstream, server_factory
 ) -> None:
     populate(fake_upstream)
-    server = server_factory(config(fake_upstream, security={"rate_limit_per_ip": 5}))
+    server = server_factory(
+        config(fake_upstream, security={"rate_limit_per_ip": 5, "rate_limit_exempt": []})
+    )
     assert ask(server, "example.org", "A", tcp=True).answer  # cache it; TCP is not limited
     time.sleep(1.2)  # let the bucket refill after the start-up probes
     wires = {}
@@ -270,3 +272,21 @@ def test_acl_applies_to_ipv6_clients(fake_upstream, server_factory, allowed, rco
     )
     for tcp in (False, True):
         assert ask(server, "example.org", "A", tcp=tcp).rcode() == rcode
+
+
+def test_loopback_clients_are_not_rate_limited_by_default(fake_upstream, server_factory) -> None:
+    """Loopback sources cannot be spoofed from the network, so they cannot be used for
+    amplification: security.rate_limit_exempt covers 127.0.0.0/8 and ::1 by default."""
+    populate(fake_upstream)
+    server = server_factory(config(fake_upstream, security={"rate_limit_per_ip": 5}))
+    assert ask(server, "example.org", "A").answer
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(endpoint(server))
+        sock.setblocking(False)
+        wires = {}
+        for i in range(50):
+            wires[2000 + i] = make_wire("example.org.", "A", qid=2000 + i)
+            sock.send(wires[2000 + i])
+        got = collect_udp([sock], {0: set(wires)}, time.monotonic() + 5.0)
+    assert len(got) == 50
+    assert not any(parse(w).flags & dns.flags.TC for w in got.values())

@@ -48,12 +48,14 @@ def make_hitpath(
     *,
     allowed: list[tuple[bytes, int]] | None = None,
     rate_per_s: float = 0.0,
+    rate_exempt: list[tuple[bytes, int]] | None = None,
     log: bool = False,
 ) -> HitPath:
     return HitPath(
         lru if lru is not None else LruCache(1 << 20),
         allowed_networks=ALLOW_ALL if allowed is None else allowed,
         rate_per_s=rate_per_s,
+        rate_exempt_networks=rate_exempt,
         log_enabled=log,
         seed=12345,
     )
@@ -315,6 +317,16 @@ def test_rate_limited_reply_is_no_larger_than_the_query() -> None:
         reply = hp.answer(data, peer(), True, NOW)
         assert is_slip(reply)
         assert reply is not None and len(reply) <= len(data)
+
+
+def test_exempt_networks_are_never_rate_limited_but_others_still_are() -> None:
+    hp, _ = hitpath_with_entry(rate_per_s=2, rate_exempt=nets("127.0.0.0/8", "::1/128"))
+    for client in ("127.0.0.1", "127.9.9.9", "::1"):
+        replies = [hp.answer(query(), peer(client), True, NOW) for _ in range(20)]
+        assert not any(is_slip(r) for r in replies), client
+    replies = [hp.answer(query(), peer(), True, NOW) for _ in range(3)]
+    assert [is_slip(r) for r in replies] == [False, False, True]
+    assert hp.counters()["rate_limited"] == 1
 
 
 def test_tcp_is_never_rate_limited() -> None:
