@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +17,7 @@ import pytest
 import uvloop
 
 from fastdns._testing.fake_upstream import FakeUpstream, free_port
+from fastdns._testing.host import ipv6_loopback_available, open_fds
 from fastdns.errors import UpstreamFailed, UpstreamTimeout
 from fastdns.resolve.forward import (
     BACKOFF_START_S,
@@ -97,21 +96,6 @@ def stats_of(fwd: Forwarder, up: Any) -> dict[str, Any]:
     address = f"[{up.host}]:{up.port}" if ":" in up.host else f"{up.host}:{up.port}"
     (entry,) = [s for s in fwd.stats() if s["address"] == address]
     return entry
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------ answers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 import uvloop
 
 from fastdns._testing.fake_upstream import FakeUpstream, free_port
+from fastdns._testing.host import ipv6_loopback_available, open_fds
 from fastdns.errors import UpstreamFailed, UpstreamTimeout
 from fastdns.resolve.question import Question
 from fastdns.resolve.upstream import (
@@ -43,21 +43,6 @@ Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 def run(request: pytest.FixtureRequest) -> Runner:
     """Run a coroutine to completion on a fresh loop of each implementation."""
     return asyncio.run if request.param == "asyncio" else uvloop.run
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def reply_to(query_wire: bytes, **changes: Any) -> dns.message.Message:
