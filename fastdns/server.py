@@ -279,7 +279,9 @@ async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
 
     background: list[asyncio.Task[None]] = []
     if rt.querylog is not None:
-        background.append(asyncio.ensure_future(rt.querylog.run()))
+        # The pump encodes in C and writes through the QueryLog's sink itself; the
+        # QueryLog's own ring and writer task serve per-record callers, of which the
+        # server has none.
         background.append(asyncio.ensure_future(_pump_query_log(rt)))
 
     stop = asyncio.Event()
