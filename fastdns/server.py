@@ -239,6 +239,7 @@ def build_runtime(settings: Settings) -> Runtime:
         forwarder=forwarder,
         timeout_s=settings.resolver.timeout_s,
         upstream_names=names,
+        log_misses=settings.logging.query_log,
     )
     hitpath.on_miss = misspath.on_udp_miss
     tcp_state = TcpServerState(

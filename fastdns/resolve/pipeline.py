@@ -57,10 +57,12 @@ class MissPath:
         forwarder: Forwarder,
         timeout_s: float,
         upstream_names: list[str],
+        log_misses: bool,
         max_inflight: int = 10_000,
     ) -> None:
         self._cache = cache
-        self._hitpath = hitpath
+        # Composed once: with the query log off, a miss does not even pack its address.
+        self._log_miss = hitpath.log_miss if log_misses else None
         self._forwarder = forwarder
         self._timeout_s = timeout_s
         self._upstream_index = {name: i for i, name in enumerate(upstream_names)}
@@ -130,7 +132,8 @@ class MissPath:
     async def _answer_udp(self, data: bytes, addr: tuple, started: float) -> None:
         reply, upstream = await self.answer(data, tcp=False)
         self._send_udp(reply, addr)
-        self._hitpath.log_miss(data, reply, pack_sockaddr(addr), monotonic_now() - started, upstream)
+        if self._log_miss is not None:
+            self._log_miss(data, reply, pack_sockaddr(addr), monotonic_now() - started, upstream)
 
     def _send_udp(self, reply: bytes, addr: tuple) -> None:
         assert self._udp_sock is not None
