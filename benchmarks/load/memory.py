@@ -19,10 +19,8 @@ import math
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,12 +29,11 @@ from benchmarks.load import blast, dnsperf
 from benchmarks.load.dnswire import wait_until_answering
 from benchmarks.load.procs import (
     BenchError,
-    ProcessGroup,
     free_port,
-    process_tree,
     tree_cpu_seconds,
+    tree_memory_kib,
 )
-from benchmarks.load.runner import READY_NAME, Bench, _csv, _git, _interrupt, _log
+from benchmarks.load.runner import READY_NAME, Bench, _csv, _git, _log, bench_session
 from benchmarks.load.servers import RESOLVERS, Resolver
 
 
@@ -67,22 +64,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.clients = 1
     args.uncached_names = args.names
     return args
-
-
-def _status_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) summed over the process tree, in KiB."""
-    rss = hwm = 0
-    for member in process_tree(pid):
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                rss += int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm += int(line.split()[1])
-    return rss, hwm
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +110,7 @@ class MemoryBench(Bench):
                 raise BenchError(f"{resolver.name} did not start answering:\n"
                                  f"{server.stderr_tail()}")
             time.sleep(0.5)
-            idle_rss, _ = _status_kib(server.pid)
+            idle_rss, _ = tree_memory_kib(server.pid)
             nsd_before = tree_cpu_seconds(upstream_pid)
             report = self.send_all(f"{tag}-fill", port, queryfile)
             nsd_fill = tree_cpu_seconds(upstream_pid) - nsd_before
@@ -139,7 +120,7 @@ class MemoryBench(Bench):
                                  f"answered ({report.lost:,} lost, rcodes {report.rcodes}); "
                                  "the cache would not hold them all")
             time.sleep(1.0)  # let allocator and GC settle before reading RSS
-            rss, hwm = _status_kib(server.pid)
+            rss, hwm = tree_memory_kib(server.pid)
             nsd_before = tree_cpu_seconds(upstream_pid)
             recheck = self.send_all(f"{tag}-recheck", port, queryfile)
             nsd_recheck = tree_cpu_seconds(upstream_pid) - nsd_before
@@ -181,41 +162,34 @@ def main(argv: list[str] | None = None) -> int:
     if not resolvers:
         _log("benchmarks.load.memory: no server to measure")
         return 1
-    previous = {sig: signal.signal(sig, _interrupt)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    workdir = Path(tempfile.mkdtemp(prefix="fastdns-mem-"))
-    procs = ProcessGroup(workdir)
     results: dict[str, list[Fill]] = {}
     try:
-        bench = MemoryBench(args, workdir, procs)
-        bench.start_upstream()
-        bench.queryfile("uncached")
-        for resolver in resolvers:
-            try:
-                for index in range(args.repeat):
-                    _log(f"{resolver.name}: filling with {args.names:,} names "
-                         f"({index + 1}/{args.repeat})")
-                    fill = bench.fill(resolver, index, bench.upstream_pid)
-                    _log(f"  {fill.fill_qps:,.0f} qps fill, RSS {fill.rss_kib / 1024:.1f} MiB "
-                         f"(idle {fill.idle_rss_kib / 1024:.1f}), HWM {fill.hwm_kib / 1024:.1f} "
-                         f"MiB, {fill.bytes_per_entry:.0f} B/entry; recheck "
-                         f"{fill.recheck_qps:,.0f} qps, upstream CPU {fill.recheck_upstream_cpu_ms:.0f}"
-                         f" ms (fill: {fill.fill_upstream_cpu_ms:.0f} ms)")
-                    results.setdefault(resolver.name, []).append(fill)
-            except BenchError as exc:
-                _log(f"skipping {resolver.name}: {exc}")
-                versions.pop(resolver.name, None)
+        with bench_session("fastdns-mem-") as (workdir, procs):
+            bench = MemoryBench(args, workdir, procs)
+            bench.start_upstream()
+            bench.queryfile("uncached")
+            for resolver in resolvers:
+                try:
+                    for index in range(args.repeat):
+                        _log(f"{resolver.name}: filling with {args.names:,} names "
+                             f"({index + 1}/{args.repeat})")
+                        fill = bench.fill(resolver, index, bench.upstream_pid)
+                        _log(f"  {fill.fill_qps:,.0f} qps fill, RSS {fill.rss_kib / 1024:.1f} "
+                             f"MiB (idle {fill.idle_rss_kib / 1024:.1f}), HWM "
+                             f"{fill.hwm_kib / 1024:.1f} MiB, {fill.bytes_per_entry:.0f} "
+                             f"B/entry; recheck {fill.recheck_qps:,.0f} qps, upstream CPU "
+                             f"{fill.recheck_upstream_cpu_ms:.0f} ms "
+                             f"(fill: {fill.fill_upstream_cpu_ms:.0f} ms)")
+                        results.setdefault(resolver.name, []).append(fill)
+                except BenchError as exc:
+                    _log(f"skipping {resolver.name}: {exc}")
+                    versions.pop(resolver.name, None)
     except BenchError as exc:
         _log(f"benchmarks.load.memory: {exc}")
         return 1
     except KeyboardInterrupt:
         _log("benchmarks.load.memory: interrupted; stopping everything it started")
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
     rows = []
     for name, fills in results.items():

@@ -78,19 +78,25 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / _CLK_TCK
 
 
-def tree_peak_rss_kib(pid: int) -> int:
-    """Sum of VmHWM (peak resident set) over ``pid`` and its descendants, in KiB."""
-    total = 0
+def tree_memory_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) summed over ``pid`` and its descendants, in KiB."""
+    rss = hwm = 0
     for member in process_tree(pid):
         try:
             status = Path(f"/proc/{member}/status").read_text()
         except OSError:
             continue
         for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1])
-                break
-    return total
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm += int(line.split()[1])
+    return rss, hwm
+
+
+def tree_peak_rss_kib(pid: int) -> int:
+    """Sum of VmHWM (peak resident set) over ``pid`` and its descendants, in KiB."""
+    return tree_memory_kib(pid)[1]
 
 
 def cpu_jiffies() -> dict[int, tuple[int, int]]:

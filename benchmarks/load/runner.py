@@ -9,6 +9,7 @@ every process it started (by PID, in ``finally``), also on Ctrl-C, SIGTERM or er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.load import blast, dnsperf
@@ -119,6 +121,24 @@ def _git(*argv: str) -> str | None:
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def bench_session(prefix: str) -> Iterator[tuple[Path, ProcessGroup]]:
+    """A temporary workdir and a process group. On the way out (errors, Ctrl-C, SIGTERM and
+    SIGHUP included) every process started is stopped by PID, the workdir is removed and the
+    previous signal handlers come back."""
+    previous = {sig: signal.signal(sig, _interrupt)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = ProcessGroup(workdir)
+    try:
+        yield workdir, procs
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Bench:
@@ -330,32 +350,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     _warn_if_busy(args)
-    previous = {sig: signal.signal(sig, _interrupt)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    workdir = Path(tempfile.mkdtemp(prefix="fastdns-load-"))
-    procs = ProcessGroup(workdir)
     results: list[Result] = []
     try:
-        bench = Bench(args, workdir, procs)
-        bench.start_upstream()
-        for resolver in resolvers:
-            try:
-                results.extend(_measure(bench, resolver))
-            except BenchError as exc:
-                # One broken server must not cost the comparison with the others.
-                _log(f"skipping {resolver.name}: {exc}")
-                versions.pop(resolver.name, None)
+        with bench_session("fastdns-load-") as (workdir, procs):
+            bench = Bench(args, workdir, procs)
+            bench.start_upstream()
+            for resolver in resolvers:
+                try:
+                    results.extend(_measure(bench, resolver))
+                except BenchError as exc:
+                    # One broken server must not cost the comparison with the others.
+                    _log(f"skipping {resolver.name}: {exc}")
+                    versions.pop(resolver.name, None)
     except BenchError as exc:
         _log(f"benchmarks.load: {exc}")
         return 1
     except KeyboardInterrupt:
         _log("benchmarks.load: interrupted; stopping everything it started")
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
     add_ratios(results)
     if args.json:
