@@ -33,6 +33,7 @@ log = logging.getLogger("fastdns")
 
 LOG_PUMP_INTERVAL_S = 0.05
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+CONTROL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -53,8 +54,10 @@ def run(settings: Settings) -> int:
         mode = settings.resolver.mode
         raise ConfigError([f"resolver.mode: {mode!r} is not available in this version; use 'forward'"])
     _configure_logging(settings)
-    # SIGHUP's default action kills; until serve() installs its handler it is ignored.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Stop and reload signals are held until a handler is in place (serve()'s, or the
+    # supervisor's): one arriving during start-up is then handled like any other, with a
+    # clean drain, instead of killing the process by its default action.
+    signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
     workers = settings.server.workers
     if workers <= 1:
         return _run_worker(settings)
@@ -110,7 +113,6 @@ def _run_workers(settings: Settings, groups: list[tuple[socket.socket, socket.so
     are steered to a worker by name (fastdns.reuseport), so the caches do not overlap.
     The parent only supervises and forwards signals."""
     children: list[int] = []
-    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -119,9 +121,7 @@ def _run_workers(settings: Settings, groups: list[tuple[socket.socket, socket.so
             except ProcessLookupError:
                 pass
 
-    # Handlers go in before the first fork: a signal that arrives while workers are still
-    # being started must reach the ones already running, not kill the parent.
-    for sig in forwarded:
+    for sig in CONTROL_SIGNALS:
         signal.signal(sig, forward)
     parent = os.getpid()
     for index, own in enumerate(groups):
@@ -132,11 +132,6 @@ def _run_workers(settings: Settings, groups: list[tuple[socket.socket, socket.so
                 if other != index:
                     for sock in pair:
                         sock.close()
-            # Held until serve() has its handlers: a stop request during start-up is then
-            # handled like any other, with a clean drain.
-            signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
-            for sig in forwarded:
-                signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
                 code = _run_worker(settings, own)
@@ -146,6 +141,8 @@ def _run_workers(settings: Settings, groups: list[tuple[socket.socket, socket.so
     for pair in groups:  # each socket now belongs to its worker alone
         for sock in pair:
             sock.close()
+    # Every worker exists: signals held since start-up now reach them all.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
 
     code = 0
     for child in children:
@@ -292,7 +289,7 @@ async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
     loop.add_signal_handler(
         signal.SIGHUP, lambda: log.warning("SIGHUP: configuration reload is not supported yet")
     )
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
     bound = udp.getsockname()
     log.info(
         "fastdns listening on udp+tcp %s port %d (%s, pid %d), forwarding to %s",
@@ -316,4 +313,7 @@ async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
             _drain_into(rt, rt.misspath.upstream_names)
             await rt.querylog.close()
         udp.close()
+        # Drained and flushed: a stop signal from here on (the loop is about to restore the
+        # default handlers) must not turn a clean exit into death by signal.
+        signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
         log.info("fastdns stopped")
