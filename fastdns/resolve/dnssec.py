@@ -600,7 +600,10 @@ class Validator:
         ]
         run = _Run(self._clock(), min(ttls, default=MAX_KEY_TTL_S))
 
-        if qtype in (dns.rdatatype.RRSIG, dns.rdatatype.ANY) and answer.rrsets:
+        if qtype == dns.rdatatype.RRSIG:
+            # RRSIGs are not signed themselves (RFC 4035 §2.2); there is nothing to validate.
+            return Verdict(Security.INDETERMINATE, None, "RRSIG queries are not validated", 0)
+        if qtype == dns.rdatatype.ANY and answer.rrsets:
             for each in answer.rrsets:
                 await self._positive(each, answer, authority, run)
             return self._verdict(run)
@@ -688,6 +691,7 @@ class Validator:
         keys = await self._keys_for(signer, run)
         if keys.security is Security.INSECURE:
             run.mark_insecure(keys.reason or f"{keys.zone} is an insecure delegation")
+            run.cap(keys.expires_at - run.now)
             return None
         if keys.security is Security.BOGUS:
             assert keys.verdict is not None

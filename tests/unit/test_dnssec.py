@@ -41,6 +41,9 @@ ALG = dns.dnssec.Algorithm.ECDSAP256SHA256
 IN = dns.rdataclass.IN
 T = dns.rdatatype
 
+# A name far below example.org, every label in between an empty non-terminal.
+DEEP = ".".join(f"l{i}" for i in range(40))
+
 Key = tuple[Any, Any]  # (private key, DNSKEY rdata)
 RRKey = tuple[dns.name.Name, int]
 
@@ -273,7 +276,7 @@ def message(
     response.answer.extend(answer)
     response.authority.extend(authority)
     # Through the wire, as the caller would hand it over.
-    return dns.message.from_wire(response.to_wire())
+    return dns.message.from_wire(response.to_wire(max_size=65535))
 
 
 class Hierarchy:
@@ -317,7 +320,9 @@ def build() -> tuple[Hierarchy, dict[str, Zone]]:
         "dn 300 IN DNAME example.net.\n"
         "a.b 300 IN A 192.0.2.3\n"
         "sub 300 IN NS ns.sub.example.org.\n"
-        "c.d 300 IN NS ns.c.d.example.org.\n",
+        "c.d 300 IN NS ns.c.d.example.org.\n"
+        "dangling 300 IN CNAME nope.example.net.\n"
+        f"w.{DEEP} 300 IN A 192.0.2.4\n",
     )
     example_net = Zone(
         "example.net.",
@@ -591,6 +596,24 @@ def test_nsec3_iterations_above_150_are_insecure(
     assert verdict.security is Security.INSECURE and "iterations" in verdict.reason
 
 
+def test_nxdomain_at_the_end_of_a_cname_chain(hierarchy: Hierarchy, zones: dict[str, Zone]) -> None:
+    cname = zones["example.org"].rr("dangling.example.org.", T.CNAME)
+    rcode, authority = zones["example.net"].deny(N("nope.example.net."), T.A)
+    v = make_validator(hierarchy, zones)
+    proven = message("dangling.example.org.", T.A, cname, authority, rcode=rcode)
+    assert check(v, proven).security is Security.SECURE
+    bare = check(v, message("dangling.example.org.", T.A, cname, rcode=rcode))
+    assert bare.security is Security.BOGUS and bare.ede == 12, bare
+
+
+def test_opt_out_nxdomain_is_insecure(hierarchy: Hierarchy, zones: dict[str, Zone]) -> None:
+    rcode, authority = zones["net"].deny(N("nope.net."), T.A)
+    assert rcode == dns.rcode.NXDOMAIN
+    v = make_validator(hierarchy, zones)
+    verdict = check(v, message("nope.net.", T.A, authority=authority, rcode=rcode))
+    assert verdict.security is Security.INSECURE and "opt-out" in verdict.reason, verdict
+
+
 # ---------------------------------------------------------------------------------------------
 # Insecure delegations
 
@@ -627,7 +650,9 @@ def test_unsigned_negative_answer_below_insecure_delegation(
     hierarchy: Hierarchy, zones: dict[str, Zone]
 ) -> None:
     v = make_validator(hierarchy, zones)
-    soa = dns.rrset.from_text("unsigned.org.", 300, IN, T.SOA, "ns.unsigned.org. hm.unsigned.org. 1 2 3 4 5")
+    soa = dns.rrset.from_text(
+        "unsigned.org.", 300, IN, T.SOA, "ns.unsigned.org. hm.unsigned.org. 1 2 3 4 5"
+    )
     verdict = check(v, message("nope.unsigned.org.", T.A, authority=[soa], rcode=3))
     assert verdict.security is Security.INSECURE, verdict
 
@@ -721,6 +746,26 @@ def test_parent_signed_data_below_a_cut_is_bogus(
     assert verdict.security is Security.BOGUS, verdict
 
 
+def test_cname_chain_length_is_bounded(hierarchy: Hierarchy, zones: dict[str, Zone]) -> None:
+    zone = zones["example.org"]
+    answer: list[dns.rrset.RRset] = []
+    for i in range(20):
+        link = dns.rrset.from_text(f"c{i}.example.org.", 300, IN, T.CNAME, f"c{i + 1}.example.org.")
+        answer += [link, zone.sign(link)]
+    v = make_validator(hierarchy, zones)
+    verdict = check(v, message("c0.example.org.", T.A, answer))
+    assert verdict.security is Security.BOGUS and "links" in verdict.reason, verdict
+
+
+def test_fetches_per_validation_are_bounded(hierarchy: Hierarchy, zones: dict[str, Zone]) -> None:
+    # Unsigned data 41 labels below a signed zone: the insecurity walk would ask DS for each.
+    qname = f"w.{DEEP}.example.org."
+    v = make_validator(hierarchy, zones)
+    verdict = check(v, message(qname, T.A, [dns.rrset.from_text(qname, 300, IN, T.A, "192.0.2.4")]))
+    assert verdict.security is Security.BOGUS and "work limit" in verdict.reason, verdict
+    assert len(hierarchy.calls) == 32
+
+
 # ---------------------------------------------------------------------------------------------
 # Fetch failures, anchors, key cache
 
@@ -811,6 +856,13 @@ def test_key_cache_is_bounded(hierarchy: Hierarchy, zones: dict[str, Zone]) -> N
     assert check(v, response).security is Security.SECURE
     assert v.cached_zones == 2
     assert check(v, response).security is Security.SECURE  # example.org is still there
+
+
+def test_rrsig_queries_are_not_validated(hierarchy: Hierarchy, zones: dict[str, Zone]) -> None:
+    v = make_validator(hierarchy, zones)
+    _, sig = zones["example.org"].rr("www.example.org.", T.A)
+    verdict = check(v, message("www.example.org.", T.RRSIG, [sig]))
+    assert verdict.security is Security.INDETERMINATE and verdict.servable
 
 
 def test_garbage_never_raises(hierarchy: Hierarchy, zones: dict[str, Zone]) -> None:
