@@ -84,7 +84,6 @@ Fetch = Callable[[dns.name.Name, int], Awaitable[dns.message.Message]]
 # RFC 8914 §4 INFO-CODEs this stage reports.
 EDE_OTHER = 0
 EDE_UNSUPPORTED_DNSKEY_ALGORITHM = 1
-EDE_UNSUPPORTED_DS_DIGEST = 2
 EDE_DNSSEC_BOGUS = 6
 EDE_SIGNATURE_EXPIRED = 7
 EDE_SIGNATURE_NOT_YET_VALID = 8
@@ -503,7 +502,11 @@ class _Denial:
     def nsec3_closest_encloser(
         self, name: dns.name.Name
     ) -> tuple[dns.name.Name, dns.name.Name, NSEC3]:
-        """RFC 5155 §8.3: (closest encloser, next closer name, NSEC3 covering the next closer)."""
+        """RFC 5155 §8.3: (closest encloser, next closer name, NSEC3 covering the next closer).
+
+        The encloser is the deepest proper ancestor of `name` (down to the apex) with a
+        matching NSEC3.
+        """
         for ancestor in [name.split(d)[1] for d in range(len(name) - 1, len(self.zone) - 1, -1)]:
             match = self.nsec3_match(ancestor)
             if match is None:
@@ -544,6 +547,9 @@ class Validator:
         clock: Callable[[], float] = time.time,
         max_zones: int = 10_000,
     ) -> None:
+        if not dns._features.have("dnssec"):
+            # Fail at start-up, not with every answer BOGUS.
+            raise RuntimeError("DNSSEC validation needs the 'cryptography' package")
         self._fetch_fn = fetch
         self._clock = clock
         self._max_zones = max(1, max_zones)
@@ -908,14 +914,14 @@ class Validator:
         if reason is not None:
             run.mark_insecure(reason)
             return
+        if denial.nsec3_match(sname) is not None:
+            raise _Fail(_bogus(EDE_DNSSEC_BOGUS, f"NXDOMAIN but an NSEC3 matches {sname}"))
         # RFC 5155 §8.4: closest encloser, next closer covered, wildcard at the encloser covered.
         ce, next_closer, cover = denial.nsec3_closest_encloser(sname)
         if cover.flags & _NSEC3_OPT_OUT:
             # RFC 5155 §9.2: an opt-out span may hide an unsigned delegation.
             run.mark_insecure(f"opt-out NSEC3 covers {next_closer}")
             return
-        if ce == sname:
-            raise _Fail(_bogus(EDE_DNSSEC_BOGUS, f"NXDOMAIN but an NSEC3 matches {sname}"))
         if denial.nsec3_cover(_wildcard(ce)) is None:
             raise _Fail(_bogus(EDE_NSEC_MISSING, f"no NSEC3 covers {_wildcard(ce)}"))
 

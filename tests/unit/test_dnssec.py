@@ -561,6 +561,17 @@ def test_nodata_with_proof(
         assert verdict.security is Security.SECURE, verdict
 
 
+@pytest.mark.parametrize("zone_name", ["example.org", "example.net"])
+def test_nxdomain_for_a_name_the_proof_shows_exists_is_bogus(
+    hierarchy: Hierarchy, zones: dict[str, Zone], zone_name: str
+) -> None:
+    qname = N(f"www.{zone_name}.")
+    _, authority = zones[zone_name].deny(qname, T.AAAA)  # NSEC/NSEC3 matching www
+    v = make_validator(hierarchy, zones)
+    verdict = check(v, message(qname, T.A, authority=authority, rcode=dns.rcode.NXDOMAIN))
+    assert verdict.security is Security.BOGUS, verdict
+
+
 def test_nodata_when_the_bitmap_has_the_type_is_bogus(
     hierarchy: Hierarchy, zones: dict[str, Zone]
 ) -> None:
