@@ -24,7 +24,6 @@ import base64
 import enum
 import functools
 import hashlib
-import importlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import dns._features
+import dns.dnssec
+import dns.dnssecalgs
 import dns.exception
 import dns.message
 import dns.name
@@ -48,36 +49,6 @@ from dns.rdtypes.ANY.NSEC3 import NSEC3
 from dns.rdtypes.ANY.RRSIG import RRSIG
 
 from fastdns.errors import ResolveError
-
-
-def _enable_dnspython_dnssec() -> None:
-    # dnspython enables its DNSSEC functions only when the installed cryptography's metadata
-    # version reaches its pin; older releases that still provide every primitive it imports
-    # work the same. `force` is dnspython's own switch for this case; a module imported before
-    # the switch holds stubs, so it is loaded again (algorithms first).
-    if dns._features.have("dnssec"):
-        return
-    try:
-        from cryptography.hazmat.primitives.asymmetric import (  # noqa: F401
-            ec,
-            ed448,
-            ed25519,
-            mldsa,
-            rsa,
-        )
-    except ImportError:
-        return
-    dns._features.force("dnssec", True)
-    for name, flag in (("dns.dnssecalgs", "_have_cryptography"), ("dns.dnssec", "_have_pyca")):
-        module = importlib.import_module(name)
-        if not getattr(module, flag, False):
-            importlib.reload(module)
-
-
-_enable_dnspython_dnssec()
-
-import dns.dnssec  # must follow the switch above
-import dns.dnssecalgs
 
 Fetch = Callable[[dns.name.Name, int], Awaitable[dns.message.Message]]
 
