@@ -41,7 +41,13 @@ class PreparedReply:
 def parse_query(data: bytes) -> ParsedQuery: ...
 def render_error(pq: ParsedQuery, rcode: int, tc: bool = ...) -> bytes: ...
 def prepare_reply(
-    reply: bytes, *, min_ttl: int, max_ttl: int, negative_ttl: int, default_ttl: int
+    reply: bytes,
+    *,
+    min_ttl: int,
+    max_ttl: int,
+    negative_ttl: int,
+    default_ttl: int,
+    authentic: bool = ...,
 ) -> PreparedReply: ...
 def render_prepared(
     prepared: PreparedReply, pq: ParsedQuery, elapsed_s: int = ..., tcp: bool = ...

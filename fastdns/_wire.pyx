@@ -25,6 +25,7 @@ cdef enum:
     FLAG_TC = 0x0200
     FLAG_RD = 0x0100
     FLAG_CD = 0x0010
+    FLAG_AD = 0x0020
     EDNS_DO = 0x8000
     MAX_POINTER_HOPS = 64
 
@@ -309,8 +310,8 @@ cdef inline Py_ssize_t write_opt(unsigned char* out, const Query* q, uint8_t ext
 
 
 cdef inline void write_reply_flags(unsigned char* out, const Query* q, int rcode, bint tc) noexcept nogil:
-    # QR=1, opcode echoed, AA=0 (we are not authoritative), RD echoed, RA=1, AD=0 (nothing
-    # validated here), CD echoed (RFC 4035 §3.2.2).
+    # QR=1, opcode echoed, AA=0 (we are not authoritative), RD echoed, RA=1, AD=0 (the
+    # renderer of validated data sets it), CD echoed (RFC 4035 §3.2.2).
     out[2] = 0x80 | ((q.flags >> 8) & 0x79) | (0x02 if tc else 0)
     out[3] = 0x80 | (q.flags & FLAG_CD) | (rcode & 0x0F)
 
@@ -356,6 +357,9 @@ cdef Py_ssize_t render_cached(const unsigned char* wire, Py_ssize_t wire_len,
     memcpy(out, wire, wire_len)
     wr16(out, q.id)
     write_reply_flags(out, q, wire[3] & 0x0F, 0)
+    # RFC 6840 §5.7: AD for validated data, to clients that asked with DO or AD.
+    if (wire[3] & FLAG_AD) and (q.do_bit or (q.flags & FLAG_AD)):
+        out[3] |= FLAG_AD
     memcpy(out + HEADER_LEN, qbuf + HEADER_LEN, q.question_len)
     for i in range(n_ttl):
         p = out + ttl_offsets[i]
@@ -473,14 +477,18 @@ cdef class PreparedReply:
 
 @cython.boundscheck(False)  # every index is checked against n before use
 def prepare_reply(bytes reply not None, *, uint32_t min_ttl, uint32_t max_ttl,
-                  uint32_t negative_ttl, uint32_t default_ttl) -> PreparedReply:
+                  uint32_t negative_ttl, uint32_t default_ttl,
+                  bint authentic=False) -> PreparedReply:
     """Turn an upstream reply into its stored form and decide how long it may be cached.
 
     RFC 2308 §5: NXDOMAIN/NODATA are cached only with a SOA in authority, for
     min(SOA TTL, SOA MINIMUM, negative_ttl); the SOA's TTL is rewritten to that.
     TC replies and every rcode but NOERROR/NXDOMAIN are not cached (lifetime 0).
     Positive TTLs are capped by max_ttl; the cache lifetime is raised to min_ttl, but a
-    served TTL never exceeds what upstream gave (SPEC §3)."""
+    served TTL never exceeds what upstream gave (SPEC §3).
+
+    The stored header's AD bit says whether we validated the data as secure (`authentic`);
+    an upstream's own AD is never trusted (RFC 4035 §4.9.3), so it is cleared otherwise."""
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(reply)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(reply)
     cdef Py_ssize_t pos, name_len, opt_start = -1, rdend, rr_start, stored_len
@@ -552,6 +560,7 @@ def prepare_reply(bytes reply not None, *, uint32_t min_ttl, uint32_t max_ttl,
     stored_len = opt_start if opt_start >= 0 else n
     out = bytearray(reply[:stored_len])
     o = out
+    o[3] = (o[3] | (FLAG_AD & 0xFF)) if authentic else (o[3] & ~(FLAG_AD & 0xFF))
     if opt_start >= 0:
         wr16(o + 10, opt_index)
         offsets = [(off, t) for off, t in offsets if off < stored_len]

@@ -58,21 +58,25 @@ class Cache:
         # Wire-format suffix -> TTL, so a miss finds its override with one dict probe per label.
         self._overrides = {name_to_wire(d): ttl for d, ttl in settings.ttl_overrides.items()}
 
-    def prepare(self, reply_wire: bytes, qname_wire: bytes = b"") -> PreparedReply:
+    def prepare(self, reply_wire: bytes, qname_wire: bytes = b"", *,
+                authentic: bool = False) -> PreparedReply:
         """Stored form of an upstream reply with its cache lifetime (0 = do not cache).
         A per-domain override covering qname_wire (lowercased) sets the lifetime outright.
+        `authentic`: DNSSEC validated it as secure (served with AD to clients that ask).
         Raises WireError for a reply that cannot be re-served safely."""
         s = self.settings
         override = self.override_for(qname_wire) if self._overrides else None
         if override is not None:
             return prepare_reply(reply_wire, min_ttl=override, max_ttl=override,
-                                 negative_ttl=override, default_ttl=s.default_ttl)
+                                 negative_ttl=override, default_ttl=s.default_ttl,
+                                 authentic=authentic)
         return prepare_reply(
             reply_wire,
             min_ttl=s.min_ttl,
             max_ttl=s.max_ttl,
             negative_ttl=s.negative_ttl,
             default_ttl=s.default_ttl,
+            authentic=authentic,
         )
 
     def override_for(self, qname_wire: bytes) -> int | None:
@@ -87,11 +91,16 @@ class Cache:
             pos += 1 + qname_wire[pos]
         return None
 
-    def store(self, key: bytes, prepared: PreparedReply, now: float) -> bool:
-        """Cache a prepared reply under key if its policy allows; True if stored."""
-        if not prepared.cacheable:
+    def store(self, key: bytes, prepared: PreparedReply, now: float,
+              max_lifetime_s: int | None = None) -> bool:
+        """Cache a prepared reply under key if its policy allows; True if stored.
+        `max_lifetime_s` caps the lifetime (e.g. by how long a DNSSEC verdict holds)."""
+        lifetime_s = prepared.lifetime_s
+        if max_lifetime_s is not None and max_lifetime_s < lifetime_s:
+            lifetime_s = max_lifetime_s
+        if not prepared.cacheable or lifetime_s <= 0:
             return False
-        return self.lru.put(key, prepared.wire, prepared.ttl_offsets, now, prepared.lifetime_s)
+        return self.lru.put(key, prepared.wire, prepared.ttl_offsets, now, lifetime_s)
 
     def flush(self) -> int:
         """Drop everything; returns how many entries were dropped."""
