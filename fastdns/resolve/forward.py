@@ -18,7 +18,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from fastdns.errors import (
     RCODE_FORMERR,
@@ -28,7 +28,7 @@ from fastdns.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from fastdns.resolve.question import Question
+from fastdns.resolve.question import Answer, Question
 from fastdns.resolve.upstream import (
     HEADER_SIZE,
     ReplyMatcher,
@@ -71,11 +71,9 @@ class UpstreamAddress(Protocol):
     def port(self) -> int: ...
 
 
-class ForwardResult(NamedTuple):
-    """The reply that ended a resolution and who sent it (a NamedTuple: one per miss)."""
-
-    reply_wire: bytes  # exactly as received from the upstream (its ID, its case, its OPT)
-    upstream: str  # "host:port", "[v6]:port" for IPv6
+# The reply that ended a resolution, exactly as received from the upstream (its ID, its case,
+# its OPT), and who sent it.
+ForwardResult = Answer
 
 
 class _UpstreamState:
@@ -553,7 +551,7 @@ class _Resolution:
         self.close()
         if self.result.done():
             return  # the caller was cancelled in this same loop turn; its cleanup is pending
-        if isinstance(outcome, ForwardResult):
+        if isinstance(outcome, Answer):
             self.result.set_result(outcome)
         else:
             self.result.set_exception(outcome)

@@ -1,8 +1,8 @@
-"""The question a resolve stage answers: name, type, class and the client's DO/CD bits.
+"""What the miss path hands a resolve stage, and what it gets back.
 
-Owns the `Question` value object handed from the miss path to the stages. It holds wire-format
-data the caller has already parsed and lowercased; it does no parsing, no I/O and no validation
-beyond what the tuple gives.
+Owns the `Question` value object handed from the miss path to the stages (wire-format data
+the caller has already parsed and lowercased) and the `Answer` every stage returns. Does no
+parsing, no I/O and no validation beyond what the tuples give.
 """
 
 from __future__ import annotations
@@ -30,3 +30,12 @@ class Question(NamedTuple):
     def question_bytes(self) -> bytes:
         """The question section entry as it goes on the wire: qname, qtype, qclass."""
         return self.qname_wire + _QTYPE_QCLASS.pack(self.qtype, self.qclass)
+
+
+class Answer(NamedTuple):
+    """A stage's reply to one question (a NamedTuple: one per miss)."""
+
+    reply_wire: bytes  # a whole DNS response to the question, as `Cache.prepare` takes it
+    upstream: str  # who gave it: "host:port", "[v6]:port" for IPv6
+    authentic: bool = False  # DNSSEC-validated as secure: AD for clients that ask (RFC 4035)
+    max_ttl_s: int | None = None  # how long the validation verdict holds, if shorter

@@ -91,7 +91,7 @@ class _Step(NamedTuple):
 class _Budget:
     """What one question may still spend: the deadline and the depth budget (RFC 1035 §7.1)."""
 
-    __slots__ = ("deadline", "depth_left", "ns_pending", "nesting")
+    __slots__ = ("deadline", "depth_left", "nesting", "ns_pending")
 
     def __init__(self, deadline: float, depth: int, nesting: int = 0,
                  ns_pending: frozenset[dns.name.Name] = frozenset()) -> None:
@@ -217,12 +217,13 @@ class Recursor:
                     raise RecursionFailed(f"CNAME loop at {target}")
                 seen.add(target)
             chain += rrsets
-            if found or step.kind in ("nxdomain", "nodata"):
+            if found or (end == name and step.kind in ("nxdomain", "nodata")):
                 return _assemble(qname, qtype, chain, step, found), step.server
             if end == name:
                 raise RecursionFailed(f"{step.server} answered {name} without its data")
-            if step.message.rcode() == dns.rcode.NXDOMAIN:
+            if step.message.rcode() == dns.rcode.NXDOMAIN and end.is_subdomain(step.zone):
                 # The server chased the chain inside its zone: the last target does not exist.
+                # About names outside its zone its rcode means nothing (bailiwick).
                 return _assemble(qname, qtype, chain, step, found), step.server
             if len(seen) > MAX_CNAME_CHAIN:
                 raise RecursionFailed(f"CNAME chain longer than {MAX_CNAME_CHAIN}")
@@ -240,6 +241,7 @@ class Recursor:
         )
         minimise = self._qname_minimisation and qtype != _RD.DS
         extra = 1  # labels below the zone to reveal in the next minimised query
+        send_type: int
         minimised_errors_tolerated = True
         while True:
             target = len(zone.labels) + extra
@@ -427,7 +429,7 @@ class Recursor:
                         budget: _Budget) -> tuple[bytes, float]:
         host, port = address.rsplit(":", 1)
         host = host.strip("[]")
-        q = Question(qname.to_wire().lower(), qtype, dns.rdataclass.IN, self._dnssec_ok, True)
+        q = Question(name_wire(qname), qtype, dns.rdataclass.IN, self._dnssec_ok, True)
         # RD=0: we ask authoritative servers (RFC 1034 §5.3.1). CD=1: we validate ourselves.
         _, query_wire = build_query(q, recursion_desired=False)
         started = time.monotonic()
@@ -543,7 +545,7 @@ def _assemble(qname: dns.name.Name, qtype: int, chain: list[dns.rrset.RRset], st
     denial proofs of the last response (RFC 2308 §3, RFC 4035 §3.1.3)."""
     reply = dns.message.Message()
     reply.flags = dns.flags.QR | dns.flags.RA
-    reply.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, qtype)]
+    reply.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, _RD.RdataType.make(qtype))]
     reply.answer = list(chain)
     if final:
         # Wildcard answers carry the proof that the exact name does not exist (RFC 4035 §3.1.3.3).
@@ -558,6 +560,13 @@ def _assemble(qname: dns.name.Name, qtype: int, chain: list[dns.rrset.RRset], st
                                (_RD.SOA, _RD.NSEC, _RD.NSEC3))]
         reply.set_rcode(step.message.rcode())
     return reply
+
+
+def name_wire(name: dns.name.Name) -> bytes:
+    """Lowercased uncompressed wire form of a name, as `Question` holds it."""
+    wire = name.to_wire()
+    assert wire is not None  # to_wire without a file returns the bytes
+    return wire.lower()
 
 
 def without_dnssec_records(message: dns.message.Message, qtype: int) -> None:

@@ -81,17 +81,18 @@ if hasattr(os, "register_at_fork"):
 _next_id = _random_ids.next
 
 
-def build_query(q: Question) -> tuple[int, bytes]:
+def build_query(q: Question, *, recursion_desired: bool = True) -> tuple[int, bytes]:
     """Build the upstream query for `q`; return (message ID, wire bytes).
 
     The ID comes from the OS CSPRNG: with the random source port of each exchange it is what
-    an off-path spoofer has to guess (RFC 5452 §9.2). RD=1 because a forwarder asks a
-    recursive resolver; CD is passed on as the client set it (RFC 4035 §3.2.2). An EDNS0 OPT
+    an off-path spoofer has to guess (RFC 5452 §9.2). RD=1 when a forwarder asks a recursive
+    resolver, RD=0 when the recursor asks an authoritative server (RFC 1034 §5.3.1); CD is
+    passed on as the client set it (RFC 4035 §3.2.2). An EDNS0 OPT
     record advertises `EDNS_UDP_PAYLOAD` and carries DO when the client asked for DNSSEC
     records (RFC 6891, RFC 3225).
     """
     qid = _next_id()
-    flags = FLAG_RD | (FLAG_CD if q.cd else 0)
+    flags = (FLAG_RD if recursion_desired else 0) | (FLAG_CD if q.cd else 0)
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1)
     opt = b"\x00" + _OPT.pack(QTYPE_OPT, EDNS_UDP_PAYLOAD, EDNS_FLAG_DO if q.do else 0, 0)
     return qid, header + q.qname_wire + _QTYPE_QCLASS.pack(q.qtype, q.qclass) + opt
