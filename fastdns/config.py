@@ -13,7 +13,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeGuard, get_args, get_origin
@@ -36,6 +36,7 @@ from fastdns.errors import ConfigError
 
 __all__ = [
     "CacheSettings",
+    "DnssecSettings",
     "LoggingSettings",
     "ResolverSettings",
     "SecuritySettings",
@@ -289,6 +290,17 @@ class WebSettings(BaseModel):
     )
 
 
+def _loadable_file(path: str | None, load: Callable[[str], object], code: str) -> str | None:
+    """`path` if `load` reads it without a ValueError (its message becomes the config error).
+    The loaders live in resolve/ and are imported by the validators on use, not at import."""
+    if path is not None:
+        try:
+            load(path)
+        except ValueError as exc:
+            raise PydanticCustomError(code, "{problem}", {"problem": str(exc)}) from None
+    return path
+
+
 class ResolverSettings(BaseModel):
     """How misses are resolved."""
 
@@ -301,6 +313,30 @@ class ResolverSettings(BaseModel):
     retry_interval_s: float = Field(
         default=1.0, gt=0, description="Also ask the next upstream after this long without a reply"
     )
+    root_hints: str | None = Field(
+        default=None,
+        description="File of root servers in named.root format; the built-in IANA hints when null",
+    )
+    query_loopback: bool = Field(
+        default=False, description="Allow name servers on 127.0.0.0/8 and ::1 (labs, tests)"
+    )
+    max_depth: int = Field(
+        default=30, ge=1, le=100, description="Referrals + CNAMEs + glueless lookups per question"
+    )
+    nameserver_port: int = Field(
+        default=DNS_PORT, ge=1, le=65535,
+        description="Port authoritative servers are asked on (53; another only in labs)",
+    )
+    qname_minimisation: bool = Field(
+        default=True, description="Reveal one label at a time to each zone (RFC 9156)"
+    )
+
+    @field_validator("root_hints")
+    @classmethod
+    def _root_hints_readable(cls, value: str | None) -> str | None:
+        from fastdns.resolve.hints import load_root_hints
+
+        return _loadable_file(value, load_root_hints, "root_hints")
 
     @field_validator("retry_interval_s")
     @classmethod
@@ -313,6 +349,25 @@ class ResolverSettings(BaseModel):
                 {"timeout_s": timeout_s},
             )
         return value
+
+
+class DnssecSettings(BaseModel):
+    """DNSSEC validation of what the resolver fetches (RFC 4033-4035)."""
+
+    model_config = _STRICT
+
+    enabled: bool = Field(default=False, description="Validate answers; SERVFAIL for bogus ones")
+    trust_anchor: str | None = Field(
+        default=None,
+        description="File of DS or DNSKEY records to trust; the built-in root KSKs when null",
+    )
+
+    @field_validator("trust_anchor")
+    @classmethod
+    def _trust_anchor_readable(cls, value: str | None) -> str | None:
+        from fastdns.resolve.dnssec import load_trust_anchors
+
+        return _loadable_file(value, load_trust_anchors, "trust_anchor")
 
 
 class Settings(BaseModel):
@@ -332,6 +387,7 @@ class Settings(BaseModel):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     web: WebSettings = Field(default_factory=WebSettings)
     resolver: ResolverSettings = Field(default_factory=ResolverSettings)
+    dnssec: DnssecSettings = Field(default_factory=DnssecSettings)
 
 
 # ---------------------------------------------------------------------------------------------

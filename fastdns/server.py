@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from fastdns._fastpath import HitPath
 from fastdns.cache import Cache
 from fastdns.config import Settings
-from fastdns.errors import ConfigError
 from fastdns.querylog import QueryLog
+from fastdns.resolve.dnssec import Fetch, Validator, load_trust_anchors
 from fastdns.resolve.forward import Forwarder
-from fastdns.resolve.pipeline import MissPath
+from fastdns.resolve.hints import load_root_hints
+from fastdns.resolve.pipeline import MissPath, Stage
+from fastdns.resolve.recurse import Recursor
+from fastdns.resolve.secure import ValidatingStage, forwarding_fetch
 from fastdns.reuseport import attach_name_steering
 from fastdns.transport import TcpConnection, TcpServerState
 
@@ -43,16 +46,13 @@ class Runtime:
     cache: Cache
     hitpath: HitPath
     misspath: MissPath
-    forwarder: Forwarder
+    resolver: Stage
     tcp_state: TcpServerState
     querylog: QueryLog | None
 
 
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT. Returns the process exit code."""
-    if settings.resolver.mode != "forward":
-        mode = settings.resolver.mode
-        raise ConfigError([f"resolver.mode: {mode!r} is not available in this version; use 'forward'"])
     _configure_logging(settings)
     # Stop and reload signals are held until a handler is in place (serve()'s, or the
     # supervisor's): one arriving during start-up is then handled like any other, with a
@@ -224,16 +224,11 @@ def build_runtime(settings: Settings) -> Runtime:
         log_enabled=settings.logging.query_log,
         seed=secrets.randbits(64),
     )
-    forwarder = Forwarder(
-        settings.upstream_servers,
-        timeout_s=settings.resolver.timeout_s,
-        retry_interval_s=settings.resolver.retry_interval_s,
-    )
-    names = [u["address"] for u in forwarder.stats()]
+    resolver, names = _compose_resolver(settings)
     misspath = MissPath(
         cache=cache,
         hitpath=hitpath,
-        forwarder=forwarder,
+        resolver=resolver,
         timeout_s=settings.resolver.timeout_s,
         upstream_names=names,
         log_misses=settings.logging.query_log,
@@ -246,7 +241,35 @@ def build_runtime(settings: Settings) -> Runtime:
         max_connections=settings.server.tcp_max_connections,
     )
     querylog = QueryLog.from_settings(settings.logging) if settings.logging.query_log else None
-    return Runtime(cache, hitpath, misspath, forwarder, tcp_state, querylog)
+    return Runtime(cache, hitpath, misspath, resolver, tcp_state, querylog)
+
+
+def _compose_resolver(settings: Settings) -> tuple[Stage, list[str]]:
+    """The stage misses go through, and the upstream names known at start-up (for the log)."""
+    r = settings.resolver
+    resolver: Stage
+    fetch: Fetch
+    if r.mode == "recursive":
+        recursor = Recursor(
+            load_root_hints(r.root_hints),
+            timeout_s=r.timeout_s,
+            retry_interval_s=r.retry_interval_s,
+            max_depth=r.max_depth,
+            query_loopback=r.query_loopback,
+            nameserver_port=r.nameserver_port,
+            qname_minimisation=r.qname_minimisation,
+        )
+        resolver, names, fetch = recursor, [], recursor.lookup
+    else:
+        forwarder = Forwarder(
+            settings.upstream_servers, timeout_s=r.timeout_s, retry_interval_s=r.retry_interval_s
+        )
+        resolver, names = forwarder, [u["address"] for u in forwarder.stats()]
+        fetch = forwarding_fetch(forwarder, r.timeout_s)
+    if settings.dnssec.enabled:
+        validator = Validator(load_trust_anchors(settings.dnssec.trust_anchor), fetch)
+        resolver = ValidatingStage(resolver, validator)
+    return resolver, names
 
 
 async def _pump_query_log(rt: Runtime) -> None:
@@ -291,10 +314,17 @@ async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
     )
     signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
     bound = udp.getsockname()
+    r = settings.resolver
+    how = (
+        f"recursive from {r.root_hints or 'the built-in root hints'}"
+        if r.mode == "recursive"
+        else "forwarding to " + ", ".join(str(u) for u in settings.upstream_servers)
+    )
+    if settings.dnssec.enabled:
+        how += ", validating DNSSEC"
     log.info(
-        "fastdns listening on udp+tcp %s port %d (%s, pid %d), forwarding to %s",
-        bound[0], bound[1], loop_name, os.getpid(),
-        ", ".join(str(u) for u in settings.upstream_servers),
+        "fastdns listening on udp+tcp %s port %d (%s, pid %d), %s",
+        bound[0], bound[1], loop_name, os.getpid(), how,
     )
     try:
         await stop.wait()

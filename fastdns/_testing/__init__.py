@@ -3,6 +3,7 @@
 Nothing here is imported by the server itself; everything binds or talks to loopback only.
 """
 
+from fastdns._testing.authority import Hierarchy
 from fastdns._testing.fake_upstream import MODES, AnswerFn, FakeUpstream, QueryRecord, free_port
 from fastdns._testing.server_process import ServerProcess, ServerStartError, query
 
@@ -10,6 +11,7 @@ __all__ = [
     "MODES",
     "AnswerFn",
     "FakeUpstream",
+    "Hierarchy",
     "QueryRecord",
     "ServerProcess",
     "ServerStartError",

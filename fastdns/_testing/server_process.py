@@ -30,6 +30,7 @@ import yaml
 
 import fastdns
 from fastdns._testing.fake_upstream import free_port
+from fastdns.resolve.hints import load_root_hints
 from fastdns.resolve.upstream import format_address
 
 if TYPE_CHECKING:
@@ -138,7 +139,12 @@ def _check_stays_local(config: Mapping[str, Any]) -> None:
     # The test network rule: a server started by a test may only ever talk to loopback.
     resolver = config.get("resolver")
     if isinstance(resolver, Mapping) and resolver.get("mode") == "recursive":
-        raise ValueError("resolver.mode 'recursive' would query the public root servers")
+        hints = resolver.get("root_hints")
+        if not hints:
+            raise ValueError("resolver.mode 'recursive' without root_hints queries the real roots")
+        for server in load_root_hints(hints):
+            if not all(ipaddress.ip_address(a).is_loopback for a in server.addresses):
+                raise ValueError(f"root hints {hints} name a non-loopback server")
     upstreams = config.get("upstream_servers", [])
     if isinstance(upstreams, str):
         upstreams = upstreams.split(",")

@@ -2,8 +2,10 @@
 
 Order (one line each, with its reason):
   1. Coalescer  # identical questions in flight share one upstream resolution (SPEC §2)
-  2. Forwarder  # upstream with failover; bounded by resolver.timeout_s → SERVFAIL, never silence
-  3. Cache      # store per RFC 2308 / TTL policy, then render for every waiter
+  2. Validator  # only with dnssec.enabled: wraps the next stage (resolve/secure.py)
+  3. Forwarder  # upstream with failover; bounded by resolver.timeout_s → SERVFAIL, never silence
+     or Recursor  # resolver.mode: recursive; iterative from the root hints, same bound
+  4. Cache      # store per RFC 2308 / TTL policy, then render for every waiter
 Guards (ACL, rate limit) and protocol errors were already handled on the hit path, in C.
 
 Cost: one Task per UDP miss (created in `on_udp_miss`), and nothing else per miss. The first
@@ -18,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from fastdns._fastpath import HitPath, monotonic_now, pack_sockaddr
 from fastdns.cache import Cache
 from fastdns.errors import RCODE_SERVFAIL, ResolveError
 from fastdns.resolve.coalesce import Coalescer
-from fastdns.resolve.forward import Forwarder
-from fastdns.resolve.question import Question
+from fastdns.resolve.question import Answer, Question
 from fastdns.wire import (
     ParsedQuery,
     PreparedReply,
@@ -33,9 +34,22 @@ from fastdns.wire import (
     parse_query,
     render_error,
     render_prepared,
+    with_extended_error,
 )
 
 log = logging.getLogger("fastdns.resolve")
+
+# Upstream names the query log can tell apart; a recursor meets new servers all the time, and
+# past this many the rest are logged without a name rather than growing the table forever.
+MAX_UPSTREAM_NAMES = 65_000
+
+
+class Stage(Protocol):
+    """What the miss path resolves through: a Forwarder, a Recursor, or a Validator over one."""
+
+    name: str
+
+    async def resolve(self, q: Question, budget_s: float | None = None) -> Answer: ...
 
 
 class Resolved(NamedTuple):
@@ -54,7 +68,7 @@ class MissPath:
         *,
         cache: Cache,
         hitpath: HitPath,
-        forwarder: Forwarder,
+        resolver: Stage,
         timeout_s: float,
         upstream_names: list[str],
         log_misses: bool,
@@ -63,9 +77,10 @@ class MissPath:
         self._cache = cache
         # Composed once: with the query log off, a miss does not even pack its address.
         self._log_miss = hitpath.log_miss if log_misses else None
-        self._forwarder = forwarder
+        self._resolver = resolver
         self._timeout_s = timeout_s
         self._upstream_index = {name: i for i, name in enumerate(upstream_names)}
+        # Grows as new upstreams answer (recursion); the log pump reads this same list.
         self.upstream_names = list(upstream_names)
         self._max_inflight = max_inflight
         self._coalescer: Coalescer[Resolved] = Coalescer()
@@ -102,7 +117,12 @@ class MissPath:
         except (ResolveError, WireError, asyncio.TimeoutError) as exc:
             self.servfail += 1
             log.debug("SERVFAIL for %r: %s", pq.qname_wire, exc)
-            return render_error(pq, RCODE_SERVFAIL), -1
+            reply = render_error(pq, RCODE_SERVFAIL)
+            ede = getattr(exc, "ede", None)
+            if ede is not None and pq.has_edns:
+                # RFC 8914: say why, to clients that speak EDNS.
+                reply = with_extended_error(reply, ede, str(exc)[:200])
+            return reply, -1
         age = max(0, int(monotonic_now() - resolved.stored_at))
         return render_prepared(resolved.prepared, pq, age, tcp), resolved.upstream_index
 
@@ -123,11 +143,21 @@ class MissPath:
         # less than timeout_s only when a coalesced resolution is started again for waiters
         # whose first waiter was cancelled: they still get an answer within timeout_s.
         budget_s = self._timeout_s - (monotonic_now() - started)
-        result = await self._forwarder.resolve(q, budget_s)
-        prepared = self._cache.prepare(result.reply_wire, q.qname_wire)
+        result = await self._resolver.resolve(q, budget_s)
+        prepared = self._cache.prepare(result.reply_wire, q.qname_wire,
+                                       authentic=result.authentic)
         now = monotonic_now()
-        self._cache.store(pq.key, prepared, now)
-        return Resolved(prepared, self._upstream_index.get(result.upstream, -1), now)
+        self._cache.store(pq.key, prepared, now, result.max_ttl_s)
+        return Resolved(prepared, self._upstream_number(result.upstream), now)
+
+    def _upstream_number(self, name: str) -> int:
+        index = self._upstream_index.get(name)
+        if index is None:
+            if len(self.upstream_names) >= MAX_UPSTREAM_NAMES:
+                return -1
+            index = self._upstream_index[name] = len(self.upstream_names)
+            self.upstream_names.append(name)
+        return index
 
     async def _answer_udp(self, data: bytes, addr: tuple, started: float) -> None:
         reply, upstream = await self.answer(data, tcp=False)

@@ -637,6 +637,13 @@ def test_server_process_refuses_configs_that_leave_loopback(
         ServerProcess(config, tmp_path)
 
 
+def test_server_process_refuses_root_hints_that_leave_loopback(tmp_path: Path) -> None:
+    hints = tmp_path / "root.hints"
+    hints.write_text(". 3600000 NS a.root-servers.net.\na.root-servers.net. 3600000 A 198.41.0.4\n")
+    with pytest.raises(ValueError, match="non-loopback"):
+        ServerProcess({"resolver": {"mode": "recursive", "root_hints": str(hints)}}, tmp_path)
+
+
 def test_server_process_reports_immediate_exit_with_stderr(tmp_path: Path) -> None:
     server = ServerProcess(
         {},

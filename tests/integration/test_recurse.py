@@ -1,0 +1,204 @@
+"""`resolver.mode: recursive` against a fake tree of authoritative servers on 127.0.0.x."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.edns
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from fastdns._testing import Hierarchy, ServerProcess
+
+ROOT, ORG, EXAMPLE, NET, SECOND = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"
+EXAMPLE_NET = "127.0.0.7"
+
+
+@pytest.fixture
+def tree() -> Iterator[Hierarchy]:
+    """. → org. → example.org. (glue), and . → net. → example.net. (glueless NS in org.)."""
+    h = Hierarchy()
+    h.zone(".", ROOT)
+    h.delegate(ROOT, "org.", {"ns1.org.": ORG})
+    h.delegate(ROOT, "net.", {"ns1.net.": NET})
+    h.zone("org.", ORG, "ns1 300 IN A 127.0.0.3")
+    h.delegate(ORG, "example.org.", {"ns1.example.org.": EXAMPLE})
+    h.zone(
+        "example.org.", EXAMPLE,
+        "ns1 300 IN A 127.0.0.4",
+        "www 300 IN A 192.0.2.1",
+        "mail 300 IN MX 10 www.example.org.",
+        "alias 300 IN CNAME www.example.org.",
+        "cross 300 IN CNAME web.example.net.",
+        "dangling 300 IN CNAME nothing.example.net.",
+        "loop 300 IN CNAME loop.example.net.",
+        "deep.sub 300 IN A 192.0.2.9",
+        "nsaddr 300 IN A 127.0.0.7",
+    )
+    h.zone("net.", NET, "ns1 300 IN A 127.0.0.5")
+    # Glueless: example.net's server is named in example.org, so net. can give no glue.
+    h.delegate(NET, "example.net.", {"nsaddr.example.org.": None})
+    h.zone(
+        "example.net.", EXAMPLE_NET,
+        "web 300 IN A 192.0.2.2",
+        "loop 300 IN CNAME loop.example.org.",
+    )
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+Make = Callable[..., ServerProcess]
+
+
+def _start(server_factory: Make, tree: Hierarchy, tmp_path: Path, **resolver: Any) -> ServerProcess:
+    config = {
+        "resolver": {
+            "mode": "recursive",
+            "root_hints": str(tree.root_hints_path(tmp_path)),
+            "query_loopback": True,
+            "nameserver_port": tree.port,
+            "timeout_s": 3.0,
+            "retry_interval_s": 0.3,
+            **resolver,
+        }
+    }
+    return server_factory(config)
+
+
+def _ask(server: ServerProcess, name: str, qtype: str = "A", **kw: Any) -> dns.message.Message:
+    query = dns.message.make_query(name, qtype, use_edns=0, **kw)
+    return dns.query.udp(query, "127.0.0.1", port=server.port, timeout=6)
+
+
+def _answers(reply: dns.message.Message) -> list[str]:
+    return sorted(rr.to_text() for rrset in reply.answer for rr in rrset)
+
+
+def test_follows_referrals_from_the_root_with_glue(server_factory, tree, tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    reply = _ask(server, "www.example.org")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert _answers(reply) == ["192.0.2.1"]
+    assert reply.flags & dns.flags.RA and not reply.flags & dns.flags.AA
+    mx = _ask(server, "mail.example.org", "MX")
+    assert _answers(mx) == ["10 www.example.org."]
+
+
+def test_a_warm_resolver_goes_straight_to_the_closest_zone_cut(server_factory, tree, tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    _ask(server, "www.example.org")
+    root_calls, org_calls = tree.server(ROOT).calls, tree.server(ORG).calls
+    reply = _ask(server, "mail.example.org", "MX")
+    assert reply.rcode() == dns.rcode.NOERROR
+    # The delegation to example.org was cached: neither the root nor org. is asked again.
+    assert (tree.server(ROOT).calls, tree.server(ORG).calls) == (root_calls, org_calls)
+
+
+def test_qname_minimisation_reveals_one_label_per_zone(server_factory, tree, tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    assert _answers(_ask(server, "deep.sub.example.org")) == ["192.0.2.9"]
+    # RFC 9156: the root learns only "org.", org. only "example.org.".
+    assert {q.qname.lower() for q in tree.server(ROOT).queries} == {"org."}
+    assert {q.qname.lower() for q in tree.server(ORG).queries} == {"example.org."}
+
+
+def test_qname_minimisation_can_be_turned_off(server_factory, tree, tmp_path):
+    server = _start(server_factory, tree, tmp_path, qname_minimisation=False)
+    assert _answers(_ask(server, "www.example.org")) == ["192.0.2.1"]
+    assert [q.qname.lower() for q in tree.server(ROOT).queries] == ["www.example.org."]
+
+
+def test_queries_to_authoritative_servers_do_not_ask_for_recursion(server_factory, tree,
+                                                                   tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    _ask(server, "www.example.org")
+    queries = tree.server(ROOT).queries + tree.server(EXAMPLE).queries
+    assert queries and not any(q.rd_bit for q in queries)
+
+
+def test_nxdomain_with_the_zone_soa(server_factory, tree, tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    reply = _ask(server, "missing.example.org")
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert [r.rdtype for r in reply.authority] == [dns.rdatatype.SOA]
+    nodata = _ask(server, "www.example.org", "AAAA")
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+    assert nodata.authority[0].name.to_text() == "example.org."
+
+
+def test_cname_inside_a_zone_and_across_zones_with_a_glueless_delegation(server_factory, tree,
+                                                                         tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    assert _answers(_ask(server, "alias.example.org")) == ["192.0.2.1", "www.example.org."]
+    # example.net's only server is named in example.org: its address is resolved first.
+    reply = _ask(server, "cross.example.org")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert _answers(reply) == ["192.0.2.2", "web.example.net."]
+    assert any(q.qname.lower() == "nsaddr.example.org." for q in tree.server(EXAMPLE).queries)
+
+
+def test_dangling_cname_keeps_the_chain_and_says_nxdomain(server_factory, tree, tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    reply = _ask(server, "dangling.example.org")
+    # RFC 6604 §2.1: the rcode is that of the last name in the chain.
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert _answers(reply) == ["nothing.example.net."]
+
+
+def test_cname_loop_across_zones_is_servfail(server_factory, tree, tmp_path):
+    server = _start(server_factory, tree, tmp_path)
+    reply = _ask(server, "loop.example.org")
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert _answers(_ask(server, "www.example.org")) == ["192.0.2.1"]
+
+
+def test_a_silent_server_among_two_costs_at_most_about_one_retry_interval(
+    server_factory, tree, tmp_path
+):
+    tree.zone("example.org.", SECOND)  # a second server for the zone, with no data
+    tree.delegate(ORG, "example.org.", {"ns0.example.org.": SECOND, "ns1.example.org.": EXAMPLE})
+    tree.server(SECOND).mode = "silent"
+    server = _start(server_factory, tree, tmp_path, qname_minimisation=False)
+    # Whichever server is asked first, the answer comes (the client waits up to 6 s; the
+    # server's budget is 3 s, the retry interval 0.3 s).
+    assert _answers(_ask(server, "www.example.org")) == ["192.0.2.1"]
+    assert _answers(_ask(server, "mail.example.org", "MX")) == ["10 www.example.org."]
+
+
+def test_a_lame_server_is_skipped(server_factory, tree, tmp_path):
+    tree.zone("example.org.", SECOND)
+    tree.delegate(ORG, "example.org.", {"ns0.example.org.": SECOND, "ns1.example.org.": EXAMPLE})
+    tree.server(SECOND).mode = "refused"
+    server = _start(server_factory, tree, tmp_path)
+    for name in ("www.example.org", "alias.example.org"):
+        assert "192.0.2.1" in _answers(_ask(server, name))
+
+
+def test_every_server_silent_is_servfail_within_the_timeout(server_factory, tree, tmp_path):
+    tree.server(EXAMPLE).mode = "silent"
+    server = _start(server_factory, tree, tmp_path, timeout_s=1.5)
+    # The client waits 6 s; a SERVFAIL (not a client timeout) means the budget held.
+    reply = _ask(server, "www.example.org")
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    # RFC 8914: the reply says why (22: No Reachable Authority).
+    ede = [o for o in reply.options if o.otype == dns.edns.EDE]
+    assert ede and ede[0].code == 22
+
+
+def test_check_config_names_a_bad_root_hints_file(tmp_path):
+    bad = tmp_path / "hints"
+    bad.write_text(". 3600 NS a.root.\n")  # a root server without an address
+    config = tmp_path / "c.yaml"
+    config.write_text(f"resolver: {{mode: recursive, root_hints: {bad}}}\n")
+    done = subprocess.run([sys.executable, "-m", "fastdns", "check-config", str(config)],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "resolver.root_hints" in done.stderr and "no A or AAAA" in done.stderr
