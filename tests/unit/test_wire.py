@@ -1038,3 +1038,19 @@ def test_opt_before_other_additional_records_is_stripped_with_them() -> None:
     assert len(parsed.answer) == 1 and parsed.additional == [] and parsed.opt is None
     assert struct.unpack("!H", prepared.wire[10:12])[0] == 0
     assert prepared.cacheable
+
+
+def test_ad_is_served_only_for_validated_entries_and_only_to_clients_that_ask() -> None:
+    """RFC 4035 §4.9.3: an upstream's AD is not trusted; RFC 6840 §5.7: AD goes to clients
+    that set DO or AD, and only for data we validated."""
+    reply = upstream_wire(answer=["example.org. 300 IN A 192.0.2.1"], flags=dns.flags.AD)
+    unvalidated = prepare(reply)
+    validated = prepare_reply(reply, min_ttl=0, max_ttl=86400, negative_ttl=300,
+                              default_ttl=300, authentic=True)
+    do_client = client_query(do=True)
+    ad_client = client_query()
+    ad_client.flags |= dns.flags.AD
+    assert not render_for(unvalidated, do_client).flags & dns.flags.AD
+    assert render_for(validated, do_client).flags & dns.flags.AD
+    assert render_for(validated, ad_client).flags & dns.flags.AD
+    assert not render_for(validated, client_query()).flags & dns.flags.AD
