@@ -2,6 +2,8 @@ from collections.abc import Callable
 
 from fastdns._lru import LruCache
 
+HAVE_MMSG: bool
+
 def monotonic_now() -> float: ...
 def pack_sockaddr(addr: tuple) -> bytes: ...
 

@@ -9,7 +9,7 @@ object a TCP hit creates is its reply bytes; a UDP hit creates none).
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EINTR, ENOSYS, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
@@ -35,6 +35,37 @@ cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void* iov_base
         size_t iov_len
+
+# recvmmsg/sendmmsg are Linux's (FASTDNS_HAVE_MMSG=0 from setup.py forces them off). Elsewhere
+# the names below stand for a stub that fails with ENOSYS, so the batch loop compiles
+# unchanged, and attach_udp() refuses to start it. The renames come after <sys/socket.h>,
+# so they never clash with a platform's own mmsghdr.
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <time.h>
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #ifndef FASTDNS_HAVE_MMSG
+    #  if defined(__linux__)
+    #    define FASTDNS_HAVE_MMSG 1
+    #  else
+    #    define FASTDNS_HAVE_MMSG 0
+    #  endif
+    #endif
+    #if !FASTDNS_HAVE_MMSG
+    #define mmsghdr fastdns_mmsghdr
+    #define recvmmsg fastdns_recvmmsg
+    #define sendmmsg fastdns_sendmmsg
+    struct fastdns_mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
+    static int fastdns_recvmmsg(int fd, struct fastdns_mmsghdr* v, unsigned int n, int flags,
+                                struct timespec* timeout)
+    { (void)fd; (void)v; (void)n; (void)flags; (void)timeout; errno = ENOSYS; return -1; }
+    static int fastdns_sendmmsg(int fd, struct fastdns_mmsghdr* v, unsigned int n, int flags)
+    { (void)fd; (void)v; (void)n; (void)flags; errno = ENOSYS; return -1; }
+    #endif
+    """
+    const int FASTDNS_HAVE_MMSG
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -102,6 +133,10 @@ cdef inline double clock_now(int clk) noexcept nogil:
     cdef timespec ts
     clock_gettime(clk, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# Whether the UDP batch loop (HitPath.attach_udp/on_readable) exists on this platform.
+HAVE_MMSG = FASTDNS_HAVE_MMSG != 0
 
 
 def monotonic_now() -> float:
@@ -386,6 +421,8 @@ cdef class HitPath:
     def attach_udp(self, int fd) -> None:
         """Serve UDP on this non-blocking socket; call on_readable() when it is readable."""
         cdef int i
+        if not FASTDNS_HAVE_MMSG:
+            raise OSError(ENOSYS, "recvmmsg/sendmmsg are not available on this platform")
         self.fd = fd
         # Everything about the message headers that never changes is set here, once: per
         # batch the kernel rewrites only msg_namelen/msg_flags/msg_len, and we only the
