@@ -2,17 +2,19 @@
 """The hit path: datagrams in, answered in C, replies out; only misses reach Python.
 
 Owns: the UDP batch loop (recvmmsg/sendmmsg on a non-blocking socket driven by the event
-loop's reader callback), the guards that run per packet (ACL, per-client rate limit), the
-cache probe, the hit counters and the compact query-log buffer.
+loop's reader callback), the plain UDP protocol base for platforms without them (one
+datagram per call, same guards and counters), the guards that run per packet (ACL,
+per-client rate limit), the cache probe, the hit counters and the compact query-log buffer.
 Must not: await, create Tasks, call dnspython, or build Python objects for a hit (the only
 object a TCP hit creates is its reply bytes; a UDP hit creates none).
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.errno cimport EAGAIN, EINTR, errno
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.errno cimport EAGAIN, EINTR, ENOSYS, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from fastdns._logenc cimport LogHead, encode_log, log_record_size
 from fastdns._lru cimport Entry, LruCache, entry_offsets, entry_wire
@@ -35,6 +37,38 @@ cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void* iov_base
         size_t iov_len
+
+# recvmmsg/sendmmsg are Linux's (FASTDNS_HAVE_MMSG=0 from setup.py forces them off). Elsewhere
+# the names below stand for a stub that fails with ENOSYS, so the batch loop compiles
+# unchanged; attach_udp() refuses to start it and the server serves UDP through
+# _UdpProtocolBase instead. The renames come after <sys/socket.h>, so they never clash with
+# a platform's own mmsghdr.
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <time.h>
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #ifndef FASTDNS_HAVE_MMSG
+    #  if defined(__linux__)
+    #    define FASTDNS_HAVE_MMSG 1
+    #  else
+    #    define FASTDNS_HAVE_MMSG 0
+    #  endif
+    #endif
+    #if !FASTDNS_HAVE_MMSG
+    #define mmsghdr fastdns_mmsghdr
+    #define recvmmsg fastdns_recvmmsg
+    #define sendmmsg fastdns_sendmmsg
+    struct fastdns_mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
+    static int fastdns_recvmmsg(int fd, struct fastdns_mmsghdr* v, unsigned int n, int flags,
+                                struct timespec* timeout)
+    { (void)fd; (void)v; (void)n; (void)flags; (void)timeout; errno = ENOSYS; return -1; }
+    static int fastdns_sendmmsg(int fd, struct fastdns_mmsghdr* v, unsigned int n, int flags)
+    { (void)fd; (void)v; (void)n; (void)flags; errno = ENOSYS; return -1; }
+    #endif
+    """
+    const int FASTDNS_HAVE_MMSG
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -102,6 +136,10 @@ cdef inline double clock_now(int clk) noexcept nogil:
     cdef timespec ts
     clock_gettime(clk, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# Whether the UDP batch loop (HitPath.attach_udp/on_readable) exists on this platform.
+HAVE_MMSG = FASTDNS_HAVE_MMSG != 0
 
 
 def monotonic_now() -> float:
@@ -386,6 +424,8 @@ cdef class HitPath:
     def attach_udp(self, int fd) -> None:
         """Serve UDP on this non-blocking socket; call on_readable() when it is readable."""
         cdef int i
+        if not FASTDNS_HAVE_MMSG:
+            raise OSError(ENOSYS, "recvmmsg/sendmmsg are not available on this platform")
         self.fd = fd
         # Everything about the message headers that never changes is set here, once: per
         # batch the kernel rewrites only msg_namelen/msg_flags/msg_len, and we only the
@@ -557,6 +597,109 @@ cdef class HitPath:
             "cache_misses": self.cache_misses, "send_errors": self.send_errors,
             "log_dropped": self.log_dropped,
         }
+
+
+# -- UDP one datagram at a time: where recvmmsg/sendmmsg do not exist ---------------------
+
+cdef class _UdpProtocolBase:
+    """The plain UDP edge (asyncio.DatagramProtocol methods): each datagram goes through the
+    same process() as the batch loop and TCP, with the batch loop's counters and log
+    records; the reply leaves by transport.sendto, a miss goes to hitpath.on_miss."""
+    cdef HitPath hitpath
+    cdef object sendto         # the transport's bound sendto, looked up once
+    cdef bint serving
+    cdef bint paused           # transport buffer over its high-water mark
+
+    def __init__(self, HitPath hitpath not None):
+        self.hitpath = hitpath
+
+    def connection_made(self, transport) -> None:
+        self.sendto = transport.sendto
+        self.serving = 1
+
+    def connection_lost(self, exc) -> None:
+        self.serving = 0
+        self.sendto = None
+
+    def stop_serving(self) -> None:
+        """Ignore datagrams from now on (graceful stop); the socket stays open for the
+        replies the miss path still owes."""
+        self.serving = 0
+
+    def pause_writing(self) -> None:
+        # The kernel's send buffer is full and the transport is queueing: drop replies, as
+        # the batch loop does on EAGAIN, instead of buffering without bound.
+        self.paused = 1
+
+    def resume_writing(self) -> None:
+        self.paused = 0
+
+    def error_received(self, exc) -> None:
+        # asyncio reports a failed sendto here (an unconnected UDP socket gets no ICMP errors).
+        self.hitpath.send_errors += 1
+
+    def datagram_received(self, bytes data not None, addr) -> None:
+        cdef HitPath hp = self.hitpath
+        cdef sockaddr_storage ss
+        cdef Query q
+        cdef Py_ssize_t out_len = 0
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef int action
+        cdef double now, wall = 0.0
+        if not self.serving:
+            return
+        now = clock_now(CLOCK_MONOTONIC)
+        if hp.log_enabled:
+            wall = clock_now(CLOCK_REALTIME)
+        hp.udp_queries += 1
+        if n > IN_BUF or sockaddr_from_tuple(addr, &ss) < 0:
+            hp.dropped += 1            # what the batch loop drops as MSG_TRUNC
+            return
+        action = hp.process(buf, n, <const sockaddr*>&ss, 1, now, hp.tcp_out, &out_len, &q)
+        if action == ACTION_MISS:
+            hp.on_miss(data, addr)
+            return
+        if action == ACTION_DROP:
+            return
+        if self.paused:
+            hp.send_errors += 1
+        else:
+            self.sendto(PyBytes_FromStringAndSize(<char*>hp.tcp_out, out_len), addr)
+        if hp.log_enabled:
+            hp.log_record(buf, n, hp.tcp_out, out_len, <const sockaddr*>&ss, wall,
+                          clock_now(CLOCK_MONOTONIC) - now, action == ACTION_HIT, 0xFFFF)
+
+
+cdef int sockaddr_from_tuple(object addr, sockaddr_storage* out) except -2:
+    """Fill `out` from a socket-module address tuple; -1 if it is not an IP address."""
+    cdef sockaddr_in* s4 = <sockaddr_in*>out
+    cdef sockaddr_in6* s6 = <sockaddr_in6*>out
+    cdef const char* host
+    cdef const char* scope
+    cdef Py_ssize_t host_len
+    cdef char text[64]
+    if not isinstance(addr, tuple) or len(addr) < 2 or not isinstance(addr[0], str):
+        return -1
+    host = PyUnicode_AsUTF8AndSize(addr[0], &host_len)
+    memset(out, 0, sizeof(sockaddr_storage))
+    if inet_pton(AF_INET, host, &s4.sin_addr) == 1:
+        s4.sin_family = AF_INET
+        s4.sin_port = htons(addr[1])
+        return 0
+    # A scoped IPv6 literal ("fe80::1%eth0"): the scope travels in addr[3].
+    scope = <const char*>memchr(host, ord("%"), host_len)
+    if scope != NULL:
+        if scope - host >= <Py_ssize_t>sizeof(text):
+            return -1
+        memcpy(text, host, scope - host)
+        text[scope - host] = 0
+        host = text
+    if inet_pton(AF_INET6, host, &s6.sin6_addr) != 1:
+        return -1
+    s6.sin6_family = AF_INET6
+    s6.sin6_port = htons(addr[1])
+    return 0
 
 
 cdef object sockaddr_to_tuple(const sockaddr* sa):

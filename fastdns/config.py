@@ -186,6 +186,10 @@ class ServerSettings(BaseModel):
     udp_recv_buffer_bytes: int = Field(
         default=8_388_608, ge=65536, description="SO_RCVBUF for the UDP socket"
     )
+    udp_batching: bool = Field(
+        default=True,
+        description="Serve UDP in recvmmsg/sendmmsg batches where the platform has them",
+    )
 
     @field_validator("bind_address")
     @classmethod

@@ -17,9 +17,10 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastdns._fastpath import HitPath
+from fastdns._fastpath import HAVE_MMSG, HitPath
 from fastdns.cache import Cache
 from fastdns.config import Settings
 from fastdns.querylog import QueryLog
@@ -30,7 +31,7 @@ from fastdns.resolve.pipeline import MissPath, Stage
 from fastdns.resolve.recurse import Recursor
 from fastdns.resolve.secure import ValidatingStage, forwarding_fetch
 from fastdns.reuseport import attach_name_steering
-from fastdns.transport import TcpConnection, TcpServerState
+from fastdns.transport import TcpConnection, TcpServerState, UdpProtocol
 
 log = logging.getLogger("fastdns")
 
@@ -288,14 +289,44 @@ def _drain_into(rt: Runtime, names: list[str]) -> None:
         rt.querylog.write_encoded(data, data.count(b"\n"))
 
 
+def _use_udp_batching(settings: Settings, have_mmsg: bool = HAVE_MMSG) -> bool:
+    """Whether UDP is served by the recvmmsg/sendmmsg batch loop (else one datagram per call)."""
+    if not settings.server.udp_batching:
+        return False
+    if not have_mmsg:
+        log.info("server.udp_batching: recvmmsg/sendmmsg are not available on this platform; "
+                 "serving UDP one datagram at a time")
+        return False
+    return True
+
+
+async def _serve_udp(loop: asyncio.AbstractEventLoop, settings: Settings, rt: Runtime,
+                     udp: socket.socket) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Start answering on the UDP socket: the batch loop where the platform has it, else the
+    plain protocol. Returns (stop reading new queries, close the socket); between the two the
+    miss path still sends the replies it owes on the same socket."""
+    rt.misspath.attach_udp(udp)
+    if _use_udp_batching(settings):
+        fd = udp.fileno()
+        rt.hitpath.attach_udp(fd)
+        loop.add_reader(fd, rt.hitpath.on_readable)
+
+        def stop_reading() -> None:
+            loop.remove_reader(fd)
+
+        return stop_reading, udp.close
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: UdpProtocol(rt.hitpath), sock=udp
+    )
+    return protocol.stop_serving, transport.close  # the transport owns the socket now
+
+
 async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
                 loop_name: str = "asyncio") -> None:
     """Run one worker on bound sockets until SIGTERM/SIGINT, then drain and stop."""
     loop = asyncio.get_running_loop()
     rt = build_runtime(settings)
-    rt.misspath.attach_udp(udp)
-    rt.hitpath.attach_udp(udp.fileno())
-    loop.add_reader(udp.fileno(), rt.hitpath.on_readable)
+    stop_udp, close_udp = await _serve_udp(loop, settings, rt, udp)
     tcp_server = await loop.create_server(lambda: TcpConnection(rt.tcp_state), sock=tcp, backlog=4096)
 
     background: list[asyncio.Task[None]] = []
@@ -330,7 +361,7 @@ async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
         await stop.wait()
     finally:
         # Graceful stop: no new queries, let in-flight ones finish, flush the log.
-        loop.remove_reader(udp.fileno())
+        stop_udp()
         tcp_server.close()
         rt.tcp_state.close_idle()  # idle connections now; busy ones once their answers are out
         await asyncio.gather(
@@ -342,7 +373,7 @@ async def serve(settings: Settings, udp: socket.socket, tcp: socket.socket, *,
             await asyncio.gather(*background, return_exceptions=True)
             _drain_into(rt, rt.misspath.upstream_names)
             await rt.querylog.close()
-        udp.close()
+        close_udp()
         # Drained and flushed: a stop signal from here on (the loop is about to restore the
         # default handlers) must not turn a clean exit into death by signal.
         signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)

@@ -1,8 +1,10 @@
-"""DNS over TCP (RFC 1035 §4.2.2, RFC 7766): framing, pipelining, idle timeout, limits.
+"""DNS over TCP (RFC 1035 §4.2.2, RFC 7766), and UDP where recvmmsg/sendmmsg do not exist.
 
 Owns: connections, 2-byte length framing, flow control. Each framed query goes through the
 same compiled hit path as UDP (`HitPath.answer`); a miss becomes a Task on the miss path and
 its reply may overtake earlier ones (RFC 7766 §7: responses can be out of order).
+`UdpProtocol` is the plain UDP edge: one datagram per call into the same compiled routine,
+for platforms without the batch loop (or `server.udp_batching: false`).
 Must not: parse DNS or decide answers.
 """
 
@@ -13,12 +15,16 @@ import logging
 import struct
 from typing import cast
 
-from fastdns._fastpath import HitPath, monotonic_now, pack_sockaddr
+from fastdns._fastpath import HitPath, _UdpProtocolBase, monotonic_now, pack_sockaddr
 from fastdns.resolve.pipeline import MissPath
 
 log = logging.getLogger("fastdns.tcp")
 
 MAX_PENDING_PER_CONNECTION = 128  # queries awaiting upstream before we stop reading (RFC 7766 §6.2.1.1)
+
+
+class UdpProtocol(_UdpProtocolBase, asyncio.DatagramProtocol):
+    """One datagram per call: guards, cache and reply in C; misses go to hitpath.on_miss."""
 
 
 class TcpServerState:

@@ -89,6 +89,13 @@ RECORD_CASES = [
 ]
 
 
+# The settings that select each UDP path (the `udp_path` fixture's values).
+UDP_PATHS: dict[str, dict[str, Any]] = {
+    "batch": {"server": {"udp_batching": True}},
+    "plain": {"server": {"udp_batching": False}},
+}
+
+
 def populate(up: FakeUpstream) -> FakeUpstream:
     """Give a fake upstream the common records and the example.org SOA."""
     up.answer(*RECORDS)
@@ -259,13 +266,16 @@ def assert_clean_stderr(server: ServerProcess) -> None:
     assert "Traceback" not in stderr, f"{server!r} logged a traceback:\n{stderr[-4000:]}"
 
 
-def checked_servers(factory: Any) -> Iterator[Any]:
+def checked_servers(factory: Any, udp_path: str | None = None) -> Iterator[Any]:
     """Wrap conftest's server_factory: after the test, stop every server it made and check
-    its stderr for tracebacks (use as `yield from checked_servers(server_factory)`)."""
+    its stderr for tracebacks (use as `yield from checked_servers(server_factory)`). With
+    `udp_path`, every server it makes serves UDP that way (see UDP_PATHS)."""
     made: list[ServerProcess] = []
 
-    def make(*args: Any, **kwargs: Any) -> ServerProcess:
-        server = factory(*args, **kwargs)
+    def make(config: Mapping[str, Any] | None = None, *args: Any, **kwargs: Any) -> ServerProcess:
+        if udp_path is not None:
+            config = deep_merge(config or {}, UDP_PATHS[udp_path])
+        server = factory(config, *args, **kwargs)
         made.append(server)
         return server
 
@@ -276,9 +286,15 @@ def checked_servers(factory: Any) -> Iterator[Any]:
         assert_clean_stderr(server)
 
 
-def start_pair(tmp_dir: Any, up: FakeUpstream, **sections: Any) -> Started:
-    """Start a server forwarding to the running `up`; stop `up` too if the server fails."""
-    server = ServerProcess(config(up, **sections), tmp_dir)
+def start_pair(
+    tmp_dir: Any, up: FakeUpstream, *, udp_path: str | None = None, **sections: Any
+) -> Started:
+    """Start a server forwarding to the running `up` (serving UDP the `udp_path` way, see
+    UDP_PATHS); stop `up` too if the server fails."""
+    cfg = config(up, **sections)
+    if udp_path is not None:
+        cfg = deep_merge(cfg, UDP_PATHS[udp_path])
+    server = ServerProcess(cfg, tmp_dir)
     try:
         server.start()
     except BaseException:

@@ -14,6 +14,7 @@ import pytest
 
 from . import (
     SOA_ORG_NEGATIVE_TTL,
+    UDP_PATHS,
     ask,
     checked_servers,
     config,
@@ -41,8 +42,10 @@ def up(fake_upstream):
 
 
 @pytest.fixture
-def server(up, server_factory):
-    return server_factory(config(up))
+def server(up, server_factory, udp_path):
+    """A server with the common records, on each UDP path in turn (the cache is probed by
+    the same C code on both; tests that build their own server run on the default path)."""
+    return server_factory(config(up, **UDP_PATHS[udp_path]))
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])

@@ -34,9 +34,9 @@ from . import (
 
 
 @pytest.fixture
-def server_factory(server_factory):
-    """conftest's factory, plus: no server may log a traceback."""
-    yield from checked_servers(server_factory)
+def server_factory(server_factory, udp_path):
+    """conftest's factory, plus: no server may log a traceback; each UDP path in turn."""
+    yield from checked_servers(server_factory, udp_path)
 
 
 BIG_STRINGS = [f"{i:02d}" + "z" * 247 for i in range(12)]  # 12 x 250 = 3000 bytes of RDATA
@@ -72,13 +72,13 @@ def edge_records() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+def pair(tmp_path_factory: pytest.TempPathFactory, udp_path: str) -> Iterator[Started]:
     up = populate(FakeUpstream().start())
     up.answer("big.example.org. 300 IN TXT " + " ".join(f'"{s}"' for s in BIG_STRINGS))
     up.answer("medium.example.org. 300 IN TXT " + " ".join(f'"{s}"' for s in MEDIUM_STRINGS))
     up.answer(*edge_records())
     allow_large_replies(up)
-    started = start_pair(tmp_path_factory.mktemp("edns"), up)
+    started = start_pair(tmp_path_factory.mktemp("edns"), up, udp_path=udp_path)
     yield started
     started.stop()
 

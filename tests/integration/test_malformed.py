@@ -36,9 +36,9 @@ from . import (
 
 
 @pytest.fixture
-def server_factory(server_factory):
-    """conftest's factory, plus: no server may log a traceback."""
-    yield from checked_servers(server_factory)
+def server_factory(server_factory, udp_path):
+    """conftest's factory, plus: no server may log a traceback; each UDP path in turn."""
+    yield from checked_servers(server_factory, udp_path)
 
 
 NO_REPLY = None
@@ -137,8 +137,10 @@ META_QTYPES = {
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
-    started = start_pair(tmp_path_factory.mktemp("malformed"), populate(FakeUpstream().start()))
+def pair(tmp_path_factory: pytest.TempPathFactory, udp_path: str) -> Iterator[Started]:
+    started = start_pair(
+        tmp_path_factory.mktemp("malformed"), populate(FakeUpstream().start()), udp_path=udp_path
+    )
     yield started
     started.stop()
 

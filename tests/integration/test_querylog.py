@@ -32,9 +32,10 @@ from . import (
 
 
 @pytest.fixture
-def server_factory(server_factory):
-    """conftest's factory, plus: no server may log a traceback."""
-    yield from checked_servers(server_factory)
+def server_factory(server_factory, udp_path):
+    """conftest's factory, plus: no server may log a traceback; each UDP path in turn (both
+    must write the same records)."""
+    yield from checked_servers(server_factory, udp_path)
 
 
 SPEC_KEYS = [

@@ -1,5 +1,6 @@
 """DNS over UDP against a real server process: every record type, header flags, 0x20 echo,
-an independent client (dig), and the UDP guards (ACL, per-client rate limit)."""
+an independent client (dig), and the UDP guards (ACL, per-client rate limit), on each UDP
+path (the recvmmsg batch loop and the plain protocol)."""
 
 from __future__ import annotations
 
@@ -41,14 +42,16 @@ from . import (
 
 
 @pytest.fixture
-def server_factory(server_factory):
-    """conftest's factory, plus: no server may log a traceback."""
-    yield from checked_servers(server_factory)
+def server_factory(server_factory, udp_path):
+    """conftest's factory, plus: no server may log a traceback; each UDP path in turn."""
+    yield from checked_servers(server_factory, udp_path)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
-    started = start_pair(tmp_path_factory.mktemp("udp"), populate(FakeUpstream().start()))
+def pair(tmp_path_factory: pytest.TempPathFactory, udp_path: str) -> Iterator[Started]:
+    started = start_pair(
+        tmp_path_factory.mktemp("udp"), populate(FakeUpstream().start()), udp_path=udp_path
+    )
     yield started
     started.stop()
 

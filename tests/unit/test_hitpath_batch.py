@@ -10,11 +10,11 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns._fastpath import HitPath, monotonic_now
+from fastdns._fastpath import HAVE_MMSG, HitPath, monotonic_now
 from fastdns._lru import LruCache
 from fastdns.wire import parse_query, prepare_reply
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="recvmmsg is Linux-only")
+pytestmark = pytest.mark.skipif(not HAVE_MMSG, reason="recvmmsg/sendmmsg are not available here")
 
 ALLOW_ALL = [(bytes(4), 0), (bytes(16), 0)]
 POLICY = {"min_ttl": 1, "max_ttl": 86400, "negative_ttl": 300, "default_ttl": 300}
