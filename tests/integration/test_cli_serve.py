@@ -93,7 +93,9 @@ class Serve:
                 sock.settimeout(probe_timeout)
                 try:
                     sock.sendto(wire, ("127.0.0.1", port))
-                    if sock.recv(65535)[:2] == wire[:2]:
+                    # SO_REUSEPORT lets another process of this user share a port picked as
+                    # free: the answer counts only once this server says it is listening.
+                    if sock.recv(65535)[:2] == wire[:2] and "listening on" in self.stderr():
                         return
                 except OSError:
                     time.sleep(min(0.05, probe_timeout))
