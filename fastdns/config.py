@@ -369,7 +369,7 @@ class DnssecSettings(BaseModel):
     @field_validator("trust_anchor")
     @classmethod
     def _trust_anchor_readable(cls, value: str | None) -> str | None:
-        from fastdns.resolve.dnssec import load_trust_anchors
+        from fastdns.resolve.anchors import load_trust_anchors
 
         return _loadable_file(value, load_trust_anchors, "trust_anchor")
 

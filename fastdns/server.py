@@ -24,7 +24,8 @@ from fastdns._fastpath import HAVE_MMSG, HitPath
 from fastdns.cache import Cache
 from fastdns.config import Settings
 from fastdns.querylog import QueryLog
-from fastdns.resolve.dnssec import Fetch, Validator, load_trust_anchors
+from fastdns.resolve.anchors import load_trust_anchors
+from fastdns.resolve.dnssec import Fetch, Validator
 from fastdns.resolve.forward import Forwarder
 from fastdns.resolve.hints import load_root_hints
 from fastdns.resolve.pipeline import MissPath, Stage

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,6 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 import dns.rrset
-import dns.zonefile
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.NSEC import NSEC
@@ -96,14 +95,6 @@ _SUPPORTED_DIGESTS = frozenset({1, 2, 4})
 _NSEC3_OPT_OUT = 0x01
 _NSEC3_HASH_SHA1 = 1
 
-# The IANA root zone KSK DS records (https://data.iana.org/root-anchors/root-anchors.xml):
-# KSK-2017 (tag 20326) and KSK-2024 (tag 38696).
-ROOT_ANCHORS_TEXT = """\
-. 172800 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D
-. 172800 IN DS 38696 8 2 683D2D0ACB8C9B712A1948B27F741219298D0A450D612C483AF444A4C0FB2B16
-"""
-
-
 class Security(enum.Enum):
     """RFC 4035 §4.3 security status of a response."""
 
@@ -149,80 +140,6 @@ class _Fail(Exception):
 
 class _OverBudget(_Fail):
     """A work bound was reached: a verdict for this question only, never cached by zone."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Trust anchors
-
-
-def load_trust_anchors(path: str | None) -> list[dns.rrset.RRset]:
-    """Trust anchors: the built-in IANA root DS records, or the DS/DNSKEY records in `path`.
-
-    The file is zone-file text with absolute owner names, one record per line (parentheses may
-    continue a record), `;` comments. Raises ValueError naming the file and line on a bad or
-    empty file.
-    """
-    if path is None:
-        return _parse_anchors(ROOT_ANCHORS_TEXT, "<built-in root anchors>")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read trust anchors: {exc}") from exc
-    return _parse_anchors(text, path)
-
-
-def _logical_records(text: str) -> Iterable[tuple[int, str]]:
-    # Joins lines inside parentheses (RFC 1035 §5.1) and drops comments; yields each record
-    # with the line it started on.
-    start, parts, depth = 0, [], 0
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split(";", 1)[0]
-        if not line.strip() and depth == 0:
-            continue
-        if depth == 0:
-            start = lineno
-        depth += line.count("(") - line.count(")")
-        parts.append(line.replace("(", " ").replace(")", " "))
-        if depth <= 0:
-            yield start, " ".join(parts)
-            parts, depth = [], 0
-    if parts:
-        yield start, " ".join(parts)
-
-
-def _parse_anchors(text: str, source: str) -> list[dns.rrset.RRset]:
-    merged: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
-    for lineno, record in _logical_records(text):
-        where = f"{source}:{lineno}"
-        if record.startswith("$"):
-            raise ValueError(f"{where}: directives are not allowed in a trust anchor file")
-        owner = record.split(None, 1)[0]
-        if not owner.endswith("."):
-            raise ValueError(f"{where}: owner name {owner!r} must be absolute (end with '.')")
-        try:
-            rrsets = dns.zonefile.read_rrsets(
-                record,
-                rdclass=None,
-                origin=dns.name.root,
-                relativize=False,
-                default_ttl=MAX_KEY_TTL_S,
-            )
-        except dns.exception.DNSException as exc:
-            detail = str(exc).removeprefix("<input>:1: ")
-            raise ValueError(f"{where}: bad trust anchor record: {detail}") from exc
-        for rrset in rrsets:
-            if rrset.rdtype not in (dns.rdatatype.DS, dns.rdatatype.DNSKEY):
-                kind = dns.rdatatype.to_text(rrset.rdtype)
-                raise ValueError(f"{where}: trust anchors must be DS or DNSKEY, not {kind}")
-            key = (rrset.name, rrset.rdtype)
-            if key in merged:
-                merged[key].union_update(rrset)
-            else:
-                merged[key] = rrset
-    if not merged:
-        raise ValueError(f"{source}: no DS or DNSKEY records in the trust anchor file")
-    return list(merged.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1206,10 +1123,8 @@ class Validator:
 
 
 __all__ = [
-    "ROOT_ANCHORS_TEXT",
     "Fetch",
     "Security",
     "Validator",
     "Verdict",
-    "load_trust_anchors",
 ]

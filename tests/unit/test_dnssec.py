@@ -10,7 +10,6 @@ import asyncio
 import base64
 import hashlib
 from collections.abc import Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 import dns.dnssec
@@ -26,12 +25,12 @@ import dns.zone
 import pytest
 
 from fastdns.errors import UpstreamTimeout
+from fastdns.resolve.anchors import load_trust_anchors
 from fastdns.resolve.dnssec import (
     BOGUS_TTL_S,
     Security,
     Validator,
     Verdict,
-    load_trust_anchors,
 )
 
 NOW = 1_800_000_000  # fixed wall clock for every validation
@@ -888,49 +887,3 @@ def test_garbage_never_raises(hierarchy: Hierarchy, zones: dict[str, Zone]) -> N
     v = Validator(root_anchor(zones), broken, clock=Clock())
     answer = zones["example.org"].rr("www.example.org.", T.A)
     assert check(v, message("www.example.org.", T.A, answer)).security is Security.BOGUS
-
-
-# ---------------------------------------------------------------------------------------------
-# load_trust_anchors
-
-
-def test_built_in_root_anchors() -> None:
-    anchors = load_trust_anchors(None)
-    assert [(a.name, a.rdtype) for a in anchors] == [(dns.name.root, T.DS)]
-    assert sorted(ds.key_tag for ds in anchors[0]) == [20326, 38696]
-
-
-def test_anchor_file_with_comments_and_parentheses(tmp_path: Path, zones: dict[str, Zone]) -> None:
-    ksk = zones["example.org"].ksk[1].to_text()
-    path = tmp_path / "anchors"
-    path.write_text(
-        f"; trust anchors\n\n{zones['org'].ds()}  ; org\nexample.org. 3600 IN DNSKEY ( {ksk} )\n"
-    )
-    anchors = load_trust_anchors(str(path))
-    assert {(a.name, a.rdtype) for a in anchors} == {
-        (N("org."), T.DS),
-        (N("example.org."), T.DNSKEY),
-    }
-
-
-@pytest.mark.parametrize(
-    ("text", "needle"),
-    [
-        ("", "no DS or DNSKEY"),
-        ("; only a comment\n", "no DS or DNSKEY"),
-        ("example.org. 3600 IN DS 1 13 2 abcd\n", ":1:"),
-        ("org. 3600 IN DS 1 13 2 " + "ab" * 32 + "\nexample 3600 IN DS 1 13 2 ab\n", ":2:"),
-        ("example.org. 3600 IN A 192.0.2.1\n", ":1:"),
-    ],
-)
-def test_bad_anchor_file(tmp_path: Path, text: str, needle: str) -> None:
-    path = tmp_path / "anchors"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=str(path)) as info:
-        load_trust_anchors(str(path))
-    assert needle in str(info.value)
-
-
-def test_missing_anchor_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cannot read"):
-        load_trust_anchors(str(tmp_path / "absent"))
