@@ -15,6 +15,7 @@ glueless lookups, `MAX_CNAME_CHAIN` links, `MAX_GLUELESS_NESTING` levels of NS l
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import random
 import time
@@ -31,6 +32,7 @@ import dns.rdatatype
 import dns.rrset
 
 from fastdns.errors import ResolveError, UpstreamTimeout
+from fastdns.resolve.direct import DirectAnswer, direct_reply, scan_direct_answer
 from fastdns.resolve.hints import RootServer
 from fastdns.resolve.infra import Delegations, MessageCache, ServerInfo
 from fastdns.resolve.question import Answer, Question
@@ -81,24 +83,36 @@ class _Step(NamedTuple):
     """One authoritative response, already scrubbed to its zone and classified."""
 
     kind: str  # "answer", "nxdomain", "nodata" or "referral"
-    message: dns.message.Message
+    message: dns.message.Message | None  # None only for a direct answer, left unparsed
     zone: dns.name.Name  # the zone its server was asked about
     server: str
     child: dns.name.Name | None = None  # for referrals: the delegated zone
     ns_names: tuple[dns.name.Name, ...] = ()  # for referrals: the child's servers
+    direct: tuple[bytes, DirectAnswer] | None = None  # the response is the client's reply
+
+
+class _Outcome(NamedTuple):
+    """How a question ended: an assembled reply, or a server's response that is the reply."""
+
+    server: str
+    message: dns.message.Message | None = None
+    direct: tuple[bytes, DirectAnswer] | None = None
 
 
 class _Budget:
     """What one question may still spend: the deadline and the depth budget (RFC 1035 §7.1)."""
 
-    __slots__ = ("deadline", "depth_left", "nesting", "ns_pending")
+    __slots__ = ("deadline", "depth_left", "direct_for", "nesting", "ns_pending")
 
     def __init__(self, deadline: float, depth: int, nesting: int = 0,
-                 ns_pending: frozenset[dns.name.Name] = frozenset()) -> None:
+                 ns_pending: frozenset[dns.name.Name] = frozenset(),
+                 direct_for: tuple[dns.name.Name, int] | None = None) -> None:
         self.deadline = deadline
         self.depth_left = depth
         self.nesting = nesting
         self.ns_pending = ns_pending  # NS names being resolved above us: delegation loops
+        # The client's (qname, qtype): a response to exactly that may be passed on unparsed.
+        self.direct_for = direct_for
 
     def spend(self, what: str) -> None:
         self.depth_left -= 1
@@ -113,16 +127,20 @@ class _Budget:
         return _Budget(self.deadline, depth, self.nesting + 1, self.ns_pending | {ns_name})
 
 
-def _address_allowed(address: str, query_loopback: bool) -> bool:
+@functools.lru_cache(maxsize=65_536)
+def _server_address(address: str, port: int, query_loopback: bool) -> str | None:
+    """"host:port" to send to, or None for an address no name server may have: unspecified,
+    multicast, broadcast, or loopback unless the lab allows it (a referral must not turn the
+    resolver against its own host). Cached: the same few servers are asked all the time."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
+        return None
     if ip.is_unspecified or ip.is_multicast or (ip.version == 4 and ip == _BROADCAST):
-        return False
-    if ip.is_loopback:
-        return query_loopback
-    return True
+        return None
+    if ip.is_loopback and not query_loopback:
+        return None
+    return format_address(address, port)
 
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
@@ -175,11 +193,17 @@ class Recursor:
         if budget_s is None or budget_s > self._timeout_s:
             budget_s = self._timeout_s
         qname = dns.name.from_wire(q.qname_wire, 0)[0]
-        budget = _Budget(time.monotonic() + budget_s, self._max_depth)
-        message, server = await self._resolve_chain(qname, q.qtype, budget)
+        budget = _Budget(time.monotonic() + budget_s, self._max_depth,
+                         direct_for=(qname, q.qtype))
+        outcome = await self._resolve_chain(qname, q.qtype, budget)
+        if outcome.direct is not None:
+            wire, found = outcome.direct
+            return Answer(direct_reply(wire, found, keep_dnssec=q.do), outcome.server)
+        message = outcome.message
+        assert message is not None
         if not q.do:
             without_dnssec_records(message, q.qtype)
-        return Answer(message.to_wire(), server)
+        return Answer(message.to_wire(), outcome.server)
 
     async def lookup(self, name: dns.name.Name, rdtype: int,
                      budget_s: float | None = None) -> dns.message.Message:
@@ -195,12 +219,13 @@ class Recursor:
         cached = self.messages.get(name, rdtype, now)
         if cached is not None:
             return cached
-        message, _ = await self._resolve_chain(name, rdtype, budget)
+        message = (await self._resolve_chain(name, rdtype, budget)).message
+        assert message is not None  # only a client's question is answered directly
         self.messages.put(name, rdtype, message, _message_ttl(message), now)
         return message
 
     async def _resolve_chain(self, qname: dns.name.Name, qtype: int,
-                             budget: _Budget) -> tuple[dns.message.Message, str]:
+                             budget: _Budget) -> _Outcome:
         """Iterate for qname, following CNAMEs across zones; assemble the final message.
 
         RFC 6604: the rcode is the one for the last name of the chain, so a CNAME to a name
@@ -211,6 +236,9 @@ class Recursor:
         name = qname
         while True:
             step = await self._iterate(name, qtype, budget)
+            if step.direct is not None:
+                return _Outcome(step.server, direct=step.direct)
+            assert step.message is not None
             rrsets, end, found = _follow(step.message, name, qtype)
             for target in _cname_targets(rrsets):
                 if target in seen:
@@ -218,13 +246,13 @@ class Recursor:
                 seen.add(target)
             chain += rrsets
             if found or (end == name and step.kind in ("nxdomain", "nodata")):
-                return _assemble(qname, qtype, chain, step, found), step.server
+                return _Outcome(step.server, _assemble(qname, qtype, chain, step.message, found))
             if end == name:
                 raise RecursionFailed(f"{step.server} answered {name} without its data")
             if step.message.rcode() == dns.rcode.NXDOMAIN and end.is_subdomain(step.zone):
                 # The server chased the chain inside its zone: the last target does not exist.
                 # About names outside its zone its rcode means nothing (bailiwick).
-                return _assemble(qname, qtype, chain, step, found), step.server
+                return _Outcome(step.server, _assemble(qname, qtype, chain, step.message, found))
             if len(seen) > MAX_CNAME_CHAIN:
                 raise RecursionFailed(f"CNAME chain longer than {MAX_CNAME_CHAIN}")
             budget.spend(f"CNAME to {end}")
@@ -284,12 +312,11 @@ class Recursor:
         reasons: list[str] = []
         order = list(ns_names)
         random.shuffle(order)  # no address yet: spread the first queries over the NS set
-        unresolved = [n for n in order if not self._known_addresses(n)]
+        known = [self._known_addresses(n) for n in order]
+        unresolved = [n for n, addresses in zip(order, known) if not addresses]
         while True:
             now = time.monotonic()
-            candidates = [
-                a for n in order for a in self._known_addresses(n) if a not in tried
-            ]
+            candidates = [a for addresses in known for a in addresses if a not in tried]
             if candidates:
                 candidates.sort(key=lambda a: (self.servers.is_lame(zone, a, now),
                                                self.servers.sort_key(a, now)))
@@ -309,16 +336,15 @@ class Recursor:
                                       EDE_NO_REACHABLE_AUTHORITY)
             ns_name = unresolved.pop(0)
             await self._resolve_nameserver(ns_name, budget, reasons)
+            known = [self._known_addresses(n) for n in order]
 
     def _known_addresses(self, ns_name: dns.name.Name) -> tuple[str, ...]:
+        """The "host:port" of each address of `ns_name` we may ask (see `_server_address`)."""
         found = self._root_addresses.get(ns_name) or self.delegations.addresses(
             ns_name, time.monotonic()
         )
-        return tuple(
-            format_address(a, self._port)
-            for a in found
-            if _address_allowed(a, self._query_loopback)
-        )
+        usable = (_server_address(a, self._port, self._query_loopback) for a in found)
+        return tuple(a for a in usable if a is not None)
 
     async def _resolve_nameserver(self, ns_name: dns.name.Name, budget: _Budget,
                                   reasons: list[str]) -> None:
@@ -387,7 +413,8 @@ class Recursor:
                 )
                 for task in done:
                     address, sent_at = pending.pop(task)
-                    step = self._judge(task, zone, address, sent_at, qname, qtype, reasons)
+                    step = self._judge(task, zone, address, sent_at, qname, qtype, budget,
+                                       reasons)
                     if step is not None:
                         return step
                     next_launch = time.monotonic()  # a broken reply: ask the next one now
@@ -399,7 +426,7 @@ class Recursor:
                 task.cancel()
 
     def _judge(self, task: asyncio.Task[tuple[bytes, float]], zone: dns.name.Name, address: str,
-               sent_at: float, qname: dns.name.Name, qtype: int,
+               sent_at: float, qname: dns.name.Name, qtype: int, budget: _Budget,
                reasons: list[str]) -> _Step | None:
         now = time.monotonic()
         try:
@@ -412,13 +439,17 @@ class Recursor:
             self.servers.record_lame(zone, address, now)
             reasons.append(str(exc))
             return None
+        self.servers.record_rtt(address, rtt_s, now)
+        if budget.direct_for == (qname, qtype):
+            found = scan_direct_answer(wire, qtype)
+            if found is not None:
+                return _Step("answer", None, zone, address, direct=(wire, found))
         try:
             message = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError) as exc:
             self.servers.record_lame(zone, address, now)
             reasons.append(f"{address}: unparsable reply ({exc.__class__.__name__})")
             return None
-        self.servers.record_rtt(address, rtt_s, now)
         step = self._classify(message, zone, address, qname, qtype)
         if step is None:
             self.servers.record_lame(zone, address, now)
@@ -539,8 +570,8 @@ def _signatures(section: list[dns.rrset.RRset], name: dns.name.Name,
             and r.covers in covered]
 
 
-def _assemble(qname: dns.name.Name, qtype: int, chain: list[dns.rrset.RRset], step: _Step,
-              final: bool) -> dns.message.Message:
+def _assemble(qname: dns.name.Name, qtype: int, chain: list[dns.rrset.RRset],
+              last: dns.message.Message, final: bool) -> dns.message.Message:
     """The reply a client gets: the chain of answers; for a negative end, the SOA and the
     denial proofs of the last response (RFC 2308 §3, RFC 4035 §3.1.3)."""
     reply = dns.message.Message()
@@ -549,16 +580,16 @@ def _assemble(qname: dns.name.Name, qtype: int, chain: list[dns.rrset.RRset], st
     reply.answer = list(chain)
     if final:
         # Wildcard answers carry the proof that the exact name does not exist (RFC 4035 §3.1.3.3).
-        reply.authority = [r for r in step.message.authority
+        reply.authority = [r for r in last.authority
                            if r.rdtype in (_RD.NSEC, _RD.NSEC3)
                            or (r.rdtype == _RD.RRSIG and r.covers in (_RD.NSEC, _RD.NSEC3))]
         reply.set_rcode(dns.rcode.NOERROR)
     else:
-        reply.authority = [r for r in step.message.authority
+        reply.authority = [r for r in last.authority
                            if r.rdtype in (_RD.SOA, _RD.NSEC, _RD.NSEC3)
                            or (r.rdtype == _RD.RRSIG and r.covers in
                                (_RD.SOA, _RD.NSEC, _RD.NSEC3))]
-        reply.set_rcode(step.message.rcode())
+        reply.set_rcode(last.rcode())
     return reply
 
 
