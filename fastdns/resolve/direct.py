@@ -139,34 +139,33 @@ def _scan(wire: bytes, qtype: int, qname_end: int, qname_labels: int, ancount: i
 
 def _skip_name(wire: bytes, pos: int) -> int:
     """Offset just past the name at `pos` (labels, ending in a root label or a pointer)."""
-    size = len(wire)
-    while True:
-        if pos >= size:
-            raise _Malformed
-        length = wire[pos]
-        if length == 0:
-            return pos + 1
-        if length >= 0xC0:
-            if pos + 2 > size:
-                raise _Malformed
-            return pos + 2
-        if length > 63:
-            raise _Malformed  # 0x40/0x80: label types no longer in use (RFC 6891 §5)
-        pos += 1 + length
+    return _walk_name(wire, pos)[0]
 
 
 def _name_labels(wire: bytes, pos: int) -> tuple[int, int]:
     """End offset and label count of an uncompressed name (the question's, which we sent)."""
-    labels = 0
+    end, labels, compressed = _walk_name(wire, pos)
+    if compressed:
+        raise _Malformed  # nothing precedes the question for a pointer to point at
+    return end, labels
+
+
+def _walk_name(wire: bytes, pos: int) -> tuple[int, int, bool]:
+    """(end offset, labels before the end, whether it ends in a compression pointer)."""
     size = len(wire)
+    labels = 0
     while True:
         if pos >= size:
             raise _Malformed
         length = wire[pos]
         if length == 0:
-            return pos + 1, labels
+            return pos + 1, labels, False
+        if length >= 0xC0:
+            if pos + 2 > size:
+                raise _Malformed
+            return pos + 2, labels, True
         if length > 63:
-            raise _Malformed
+            raise _Malformed  # 0x40/0x80: label types no longer in use (RFC 6891 §5)
         labels += 1
         pos += 1 + length
 
