@@ -59,6 +59,8 @@ _SUBNETS = range(256)
 _START_TIMEOUT_S = 15.0
 _STOP_TIMEOUT_S = 5.0
 _TOOLS = ("nsd", "dnssec-keygen", "dnssec-signzone")
+# An algorithm and a digest type number IANA has not assigned: no validator supports them.
+_UNASSIGNED = 200
 
 # Starts one program; the benchmark passes its own, so its clean-up also covers the lab.
 Spawn = Callable[[str, Sequence[str], Path], "subprocess.Popen[bytes]"]
@@ -79,7 +81,8 @@ class LabZone:
     `records` are zone-file lines relative to the zone; `{host}` is replaced by that host's
     address. `signing`: None (unsigned), "nsec", "nsec3" or "nsec3-optout".
     `ds` in the parent: "match", "mismatch" (right key tag, wrong digest), "unknown-key"
-    (a key tag no DNSKEY has) or "none" (a signed island with no chain to it).
+    (a key tag no DNSKEY has), "unsupported-algorithm" or "unsupported-digest" (numbers
+    nobody implements: RFC 4035 §5.2 makes the zone insecure) or "none" (a signed island).
     `signature_window`: dnssec-signzone `-s`/`-e` (YYYYMMDDHHMMSS) for expired or
     not-yet-valid signatures. `tamper`: owners whose A records are changed after signing.
     `serve_unsigned`: the parent gets DS records, the servers get the zone without signatures.
@@ -383,10 +386,14 @@ class NsdHierarchy:
                        for rd in records]
         elif zone.ds == "unknown-key":
             records = [rd.replace(key_tag=(rd.key_tag + 1) % 65536) for rd in records]
+        elif zone.ds == "unsupported-algorithm":
+            records = [rd.replace(algorithm=_UNASSIGNED) for rd in records]
+        elif zone.ds == "unsupported-digest":
+            records = [rd.replace(digest_type=_UNASSIGNED) for rd in records]
         elif zone.ds == "none":
             records = []
         elif zone.ds != "match":
-            raise LabError(f"{zone.name}: ds must be match, mismatch, unknown-key or none")
+            raise LabError(f"{zone.name}: unknown ds mode {zone.ds!r}")
         lines = [f"{zone.origin} {TTL_S} IN DS {rd.to_text()}" for rd in records]
         self._ds_lines[zone.origin] = lines
         if zone.origin == dns.name.root and lines:

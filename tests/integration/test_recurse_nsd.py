@@ -59,6 +59,11 @@ ZONES = [
     LabZone("unsigned.net.", {"ns1.unsigned.net.": "leaf2"}, records=["www A 192.0.2.23"]),
     LabZone("island.test.", {"ns1.island.test.": "leaf"}, signing="nsec", ds="none",
             records=["www A 192.0.2.24"]),
+    # RFC 4035 §5.2: a DS set with no supported algorithm or digest makes the zone insecure.
+    LabZone("unsupalg.test.", {"ns1.unsupalg.test.": "leaf"}, signing="nsec",
+            ds="unsupported-algorithm", records=["www A 192.0.2.25"]),
+    LabZone("unsupdig.test.", {"ns1.unsupdig.test.": "leaf"}, signing="nsec3",
+            ds="unsupported-digest", records=["www A 192.0.2.26"]),
     # Broken on purpose.
     LabZone("bogus.test.", {"ns1.bogus.test.": "leaf"}, signing="nsec",
             tamper=["www.bogus.test."], records=["www A 192.0.2.31", "ok A 192.0.2.32"]),
@@ -143,13 +148,15 @@ CASES = [
     _case("example.org.", "DS"),
     _case("unsigned.test.", "DS", data=()),  # secure proof that there is no DS (NSEC)
     _case("unsigned.org.", "DS", data=()),  # the same from NSEC3
-    # Insecure: unsigned delegations and a signed island without DS
+    # Insecure: unsigned delegations, a signed island without DS, DS nobody can use
     _case("www.unsigned.test.", ad=False, data=("192.0.2.21",)),
     _case("missing.unsigned.test.", rcode=NXDOMAIN, ad=False),
     _case("www.unsigned.org.", ad=False, data=("192.0.2.22",)),
     _case("www.unsigned.net.", ad=False, data=("192.0.2.23",)),  # NSEC3 opt-out span
     _case("missing.net.", rcode=NXDOMAIN, ad=False),  # RFC 5155 §9.2: opt-out, not proven
     _case("www.island.test.", ad=False, data=("192.0.2.24",)),
+    _case("www.unsupalg.test.", ad=False, data=("192.0.2.25",)),
+    _case("www.unsupdig.test.", ad=False, data=("192.0.2.26",)),
     _case("tounsigned.example.org.", ad=False, data=("192.0.2.21",)),
     # Bogus: SERVFAIL with a reason
     _case("www.bogus.test.", rcode=SERVFAIL, ad=False, ede=EDE_BOGUS),
