@@ -36,8 +36,9 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.query
-import dns.rdatatype
 import dns.zonefile
+
+from fastdns._testing.server_process import terminate
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -499,12 +500,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     # Its children (xfrd, the server) share its process group when it leads one (its own
     # session); note them now, by PID, as they are re-parented once it exits.
     children = [pid for pid in _group_members(proc.pid) if pid != proc.pid]
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    terminate(proc, _STOP_TIMEOUT_S)
     for pid in set(children) & set(_group_members(proc.pid)):
         try:
             os.kill(pid, signal.SIGKILL)

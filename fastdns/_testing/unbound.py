@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import dns.message
 import dns.query
 
 from fastdns._testing.fake_upstream import free_port
+from fastdns._testing.server_process import terminate
 from fastdns.resolve.hints import load_root_hints
 
 if TYPE_CHECKING:
@@ -111,16 +111,10 @@ remote-control:
         return "\n".join("\n".join(texts).splitlines()[-20:])
 
     def stop(self) -> None:
-        """SIGTERM the Unbound this object started (by PID), SIGKILL it after 10 s."""
+        """SIGTERM the Unbound this object started (by PID), SIGKILL it if it lingers."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc)
 
     def __enter__(self) -> Self:
         return self.start()

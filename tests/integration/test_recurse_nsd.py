@@ -215,12 +215,8 @@ def fastdns(lab: NsdHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iter
         },
         "dnssec": {"enabled": True, "trust_anchor": lab.trust_anchor_path},
     }
-    server = ServerProcess(config, tmp_path_factory.mktemp("fastdns"))
-    server.start()
-    try:
+    with ServerProcess(config, tmp_path_factory.mktemp("fastdns")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
