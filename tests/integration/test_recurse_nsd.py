@@ -320,13 +320,15 @@ def test_secure_data_carries_signatures_for_do_clients_only(fastdns):
         r.rdtype == dns.rdatatype.RRSIG for r in ad_only.answer)
 
 
-@pytest.mark.parametrize(("name", "proof"), [
-    ("missing.example.org.", dns.rdatatype.NSEC),
-    ("missing.example.net.", dns.rdatatype.NSEC3),
+@pytest.mark.parametrize(("name", "qtype", "rcode", "proof"), [
+    ("missing.example.org.", "A", NXDOMAIN, dns.rdatatype.NSEC),
+    ("missing.example.net.", "A", NXDOMAIN, dns.rdatatype.NSEC3),
+    ("www.example.org.", "TXT", NOERROR, dns.rdatatype.NSEC),
+    ("www.example.net.", "MX", NOERROR, dns.rdatatype.NSEC3),
 ])
-def test_nxdomain_carries_its_denial_proof(fastdns, name, proof):
-    reply = ask(fastdns, name)
-    assert reply.rcode() == NXDOMAIN and reply.flags & dns.flags.AD
+def test_negative_answers_carry_their_denial_proof(fastdns, name, qtype, rcode, proof):
+    reply = ask(fastdns, name, qtype)
+    assert reply.rcode() == rcode and reply.flags & dns.flags.AD and not reply.answer
     types = {r.rdtype for r in reply.authority}
     assert {dns.rdatatype.SOA, proof} <= types
     assert any(r.rdtype == dns.rdatatype.RRSIG and r.covers == proof for r in reply.authority)
