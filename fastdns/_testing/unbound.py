@@ -106,9 +106,12 @@ remote-control:
                 time.sleep(0.05)
 
     def output(self) -> str:
-        texts = [p.read_text(errors="replace") for p in (self.workdir / "unbound.out",
-                                                         self.log_path) if p.exists()]
-        return "\n".join("\n".join(texts).splitlines()[-20:])
+        """The last lines Unbound wrote (its stdout/stderr, then its log file)."""
+        lines: list[str] = []
+        for path in (self.workdir / "unbound.out", self.log_path):
+            if path.exists():
+                lines += path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-20:])
 
     def stop(self) -> None:
         """SIGTERM the Unbound this object started (by PID), SIGKILL it if it lingers."""
