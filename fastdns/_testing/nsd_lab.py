@@ -109,7 +109,9 @@ class LabZone:
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        return tuple(self.ns.values() if self.served_by is None else self.served_by)
+        """The hosts that load the zone, each once (several NS names may share a host)."""
+        return tuple(dict.fromkeys(self.ns.values() if self.served_by is None
+                                   else self.served_by))
 
 
 @dataclass

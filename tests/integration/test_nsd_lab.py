@@ -26,7 +26,9 @@ pytestmark = pytest.mark.skipif(bool(missing_tools(signed=False)), reason="nsd i
 UNSIGNED = [
     LabZone(".", {"a.root-servers.": "root"}),
     LabZone("org.", {"ns1.org.": "tld"}),
-    LabZone("example.org.", {"ns1.example.org.": "leaf"}, records=["* A 192.0.2.1"]),
+    # Two server names on one host: NSD loads the zone once.
+    LabZone("example.org.", {"ns1.example.org.": "leaf", "ns2.example.org.": "leaf"},
+            records=["* A 192.0.2.1"]),
 ]
 
 
