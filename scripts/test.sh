@@ -4,10 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# dig/kdig are used by a few integration tests as a second, independent client.
-if ! command -v dig >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+# dig/kdig are used by a few integration tests as a second, independent client. The
+# recursive-mode lab (tests/integration/test_recurse_nsd.py) runs NSD, signs its zones with
+# dnssec-keygen/dnssec-signzone (bind9-utils) and compares fastdns with Unbound.
+missing=()
+command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+command -v nsd >/dev/null 2>&1 || missing+=(nsd)
+command -v dnssec-signzone >/dev/null 2>&1 || missing+=(bind9-utils)
+command -v unbound >/dev/null 2>&1 || missing+=(unbound)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 python3 -m pip install -q --disable-pip-version-check 'Cython>=3.0' setuptools wheel

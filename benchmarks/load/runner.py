@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.load import blast, dnsperf
+from benchmarks.load import blast, dnsperf, recursive
 from benchmarks.load.dnswire import wait_until_answering
 from benchmarks.load.procs import (
     BenchError,
@@ -37,9 +37,17 @@ from benchmarks.load.procs import (
     tree_peak_rss_kib,
 )
 from benchmarks.load.report import Result, Run, add_ratios, table
-from benchmarks.load.servers import REPO_ROOT, RESOLVERS, ZONE, Resolver, nsd_launch, nsd_version
+from benchmarks.load.servers import (
+    REPO_ROOT,
+    RESOLVERS,
+    ZONE,
+    Recursion,
+    Resolver,
+    nsd_launch,
+    nsd_version,
+)
 
-WORKLOADS = ("cached", "uncached", "tcp", "mixed")
+WORKLOADS = ("cached", "uncached", "tcp", "mixed", *recursive.WORKLOADS)
 DEFAULT_WORKLOADS = ("cached", "uncached")
 GENERATORS = ("dnsperf", "blast")
 READY_NAME = f"ready.{ZONE}"  # in neither query file, so probing never pre-warms the cache
@@ -73,7 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma list (default cached,uncached): cached (1000 names, warmed), "
                              "uncached (never repeated), tcp (the cached names over "
                              "--tcp-connections TCP connections), mixed (Zipf over "
-                             "--mixed-names names, after a --mixed-warmup)")
+                             "--mixed-names names, after a --mixed-warmup), recursive and "
+                             "recursive-dnssec (the uncached names, recursed through a lab "
+                             "of NSD servers: root, TLD, leaf)")
     parser.add_argument("--generator", choices=GENERATORS, default="dnsperf",
                         help="load generator: dnsperf (default; latency figures) or blast "
                              "(blast.c, built with gcc; far cheaper per query, for peak qps)")
@@ -151,6 +161,7 @@ class Bench:
         self.queryfiles: dict[str, Path] = {}
         self.last_dnsperf_cpu_s = 0.0
         self.blast_binary: Path | None = None
+        self.recursions: dict[str, Recursion] = {}
         if args.generator == "blast":
             self.blast_binary = blast.build(workdir)
 
@@ -165,6 +176,15 @@ class Bench:
                                     lambda: child.proc.poll() is None):
             raise BenchError(f"nsd did not start answering:\n{child.stderr_tail()}")
         _log(f"upstream: {nsd_version()} on 127.0.0.1:{self.upstream_port}")
+
+    def recursion(self, workload: str) -> Recursion | None:
+        """For a recursive workload, the lab it runs against (started on first use)."""
+        if recursive.is_recursive(workload) and workload not in self.recursions:
+            lab, self.recursions[workload] = recursive.start_lab(
+                self.workdir, self.procs, workload, self.args.upstream_cpu)
+            _log(f"{workload}: lab of {len(lab.hosts)} NSD servers on "
+                 f"{', '.join(lab.addresses.values())} port {lab.port}")
+        return self.recursions.get(workload)
 
     def queryfile(self, workload: str) -> Path:
         if workload not in self.queryfiles:
@@ -187,11 +207,11 @@ class Bench:
         tcp = workload == "tcp" and not warm
         duration: float | None = None if warm else args.duration
         # Uncached: each name at most once, so no answer can come from the cache.
-        runs = 1 if warm or workload == "uncached" else None
+        runs = 1 if warm or workload == "uncached" or recursive.is_recursive(workload) else None
         clients = args.tcp_connections if tcp else args.clients
         outstanding = max(args.outstanding, args.tcp_connections) if tcp else args.outstanding
         zipf_ranks: list[int] | None = None
-        queryfile = self.queryfile(workload)
+        queryfile = self.queryfile(recursive.query_names(workload, warm=warm))
         if workload == "mixed":
             duration = args.mixed_warmup if warm else args.duration
             runs = None
@@ -232,7 +252,8 @@ class Bench:
     def run_once(self, resolver: Resolver, workload: str, index: int) -> Run:
         tag = f"{resolver.name.replace('+', '-')}-{workload}-{index}"
         port = free_port()
-        launch = resolver.launch(self.workdir / tag, port, self.upstream_port)
+        launch = resolver.launch(self.workdir / tag, port, self.upstream_port,
+                                 recursion=self.recursion(workload))
         server = self.procs.start(tag, launch.argv, cpu=self.args.server_cpu, cwd=launch.cwd)
         try:
             if not wait_until_answering(port, READY_NAME, 30, lambda: server.proc.poll() is None):
@@ -307,6 +328,11 @@ def _measure(bench: Bench, resolver: Resolver) -> list[Result]:
     args = bench.args
     results = []
     for workload in args.workloads:
+        recursion = bench.recursion(workload)
+        reason = recursion and resolver.recursion_unsupported(recursion)
+        if reason:
+            _log(f"skipping {resolver.name} / {workload}: {reason}")
+            continue
         runs = []
         for index in range(args.repeat):
             _log(f"{resolver.name} / {workload} run {index + 1}/{args.repeat} "

@@ -1,7 +1,8 @@
 """The authoritative upstream (NSD) and the resolvers under test, with their configs.
 
 Owns writing a config for each program so that it listens on 127.0.0.1 only and
-forwards only to the local upstream, and reporting its version or why it is missing.
+forwards only to the local upstream (or, given a ``Recursion``, recurses only from the
+lab's root hints), and reporting its version or why it is missing.
 It must not produce a config that can send a packet off the loopback interface:
 every config passes ``assert_loopback_only`` before it is used.
 """
@@ -52,6 +53,16 @@ def _first_line(argv: list[str]) -> str:
 class Launch:
     argv: list[str]
     cwd: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recursion:
+    """Recurse from the lab's root hints (name servers asked on ``port``) instead of
+    forwarding; validate DNSSEC from ``trust_anchor`` when one is given."""
+
+    root_hints: Path
+    port: int
+    trust_anchor: Path | None = None
 
 
 # --- authoritative upstream -------------------------------------------------------------
@@ -133,17 +144,30 @@ class Resolver:
             return "unbound " + _first_line(["unbound", "-V"]).removeprefix("Version ")
         return _first_line(["dnsmasq", "--version"])
 
+    def recursion_unsupported(self, recursion: Recursion) -> str | None:
+        """Why this server cannot run the recursive workloads, or None."""
+        if self.binary == "dnsmasq":
+            return "dnsmasq only forwards"
+        if self.binary == "unbound" and recursion.port != 53:
+            return f"Unbound asks name servers on port 53 only (the lab is on {recursion.port})"
+        return None
+
     def launch(self, workdir: Path, port: int, upstream_port: int, *,
-               cache_mb: int | None = None) -> Launch:
+               cache_mb: int | None = None, recursion: Recursion | None = None) -> Launch:
         """``cache_mb``: a cache this large (fastdns ``max_size_mb``; Unbound msg cache,
-        and twice that for the rrset cache) instead of the defaults below."""
+        and twice that for the rrset cache) instead of the defaults below. ``recursion``:
+        recurse through the lab instead of forwarding to ``upstream_port``."""
         workdir.mkdir(parents=True, exist_ok=True)
+        if recursion is not None:
+            if self.recursion_unsupported(recursion):
+                raise BenchError(f"{self.name}: {self.recursion_unsupported(recursion)}")
+            assert_loopback_only(recursion.root_hints.read_text(), "root hints")
         if self.binary == "unbound":
-            return _unbound(workdir, port, upstream_port, cache_mb=cache_mb)
+            return _unbound(workdir, port, upstream_port, cache_mb=cache_mb, recursion=recursion)
         if self.binary == "dnsmasq":
             return _dnsmasq(workdir, port, upstream_port)
         return _fastdns(workdir, port, upstream_port, query_log=self.name == "fastdns+log",
-                        cache_mb=cache_mb)
+                        cache_mb=cache_mb, recursion=recursion)
 
 
 RESOLVERS: dict[str, Resolver] = {
@@ -154,10 +178,37 @@ RESOLVERS: dict[str, Resolver] = {
 }
 
 
-def _unbound(workdir: Path, port: int, upstream_port: int, *, cache_mb: int | None) -> Launch:
+def _unbound_recursion(recursion: Recursion | None, upstream_port: int) -> tuple[str, str]:
+    """(``server:`` lines, trailing sections) that make Unbound forward to the upstream, or
+    recurse through the lab: its root hints only, QNAME minimisation as fastdns does it,
+    validation from a static anchor (no RFC 5011 probing) if there is one, and no answers
+    synthesised from cached NSEC records (RFC 8198), which fastdns does not do either."""
+    if recursion is None:
+        # forward-first: no means never fall back to recursion from the built-in root hints.
+        return '  module-config: "iterator"\n  qname-minimisation: no\n', f"""forward-zone:
+  name: "."
+  forward-addr: {LOOPBACK}@{upstream_port}
+  forward-first: no
+"""
+    anchor = recursion.trust_anchor
+    lines = f"""  root-hints: "{recursion.root_hints}"
+  module-config: "{'validator iterator' if anchor else 'iterator'}"
+  trust-anchor-signaling: no
+  root-key-sentinel: no
+  qname-minimisation: yes
+  aggressive-nsec: no
+"""
+    if anchor is not None:
+        lines += f'  trust-anchor-file: "{anchor}"\n'
+    return lines, ""
+
+
+def _unbound(workdir: Path, port: int, upstream_port: int, *, cache_mb: int | None,
+             recursion: Recursion | None = None) -> Launch:
     msg_mb = cache_mb or 128
-    # forward-first: no means never fall back to recursion from the built-in root hints;
-    # do-not-query-localhost: no is needed for the forwarder on 127.0.0.1 to be used at all.
+    mode_lines, sections = _unbound_recursion(recursion, upstream_port)
+    # do-not-query-localhost: no is needed for the forwarder (or the lab) on 127.0.0.0/8 to
+    # be used at all.
     conf = f"""server:
   interface: {LOOPBACK}
   port: {port}
@@ -175,9 +226,7 @@ def _unbound(workdir: Path, port: int, upstream_port: int, *, cache_mb: int | No
   rrset-cache-size: {2 * msg_mb}m
   # The 'tcp' workload holds 1000 connections; the default (10 per thread) would queue them.
   incoming-num-tcp: 1100
-  module-config: "iterator"
-  qname-minimisation: no
-  prefetch: no
+{mode_lines}  prefetch: no
   chroot: ""
   username: ""
   directory: "{workdir}"
@@ -190,11 +239,7 @@ def _unbound(workdir: Path, port: int, upstream_port: int, *, cache_mb: int | No
   statistics-interval: 0
 remote-control:
   control-enable: no
-forward-zone:
-  name: "."
-  forward-addr: {LOOPBACK}@{upstream_port}
-  forward-first: no
-"""
+{sections}"""
     assert_loopback_only(conf, "unbound.conf")
     path = workdir / "unbound.conf"
     path.write_text(conf)
@@ -226,19 +271,26 @@ def _dnsmasq(workdir: Path, port: int, upstream_port: int) -> Launch:
 
 
 def _fastdns(workdir: Path, port: int, upstream_port: int, *, query_log: bool,
-             cache_mb: int | None) -> Launch:
+             cache_mb: int | None, recursion: Recursion | None = None) -> Launch:
     from benchmarks.load.procs import free_port
 
-    config = {
+    config: dict[str, object] = {
         "server": {"bind_address": LOOPBACK, "dns_port": port, "web_port": free_port(),
                    "workers": 1},
-        "upstream_servers": [f"{LOOPBACK}:{upstream_port}"],
+        # Recursing, the upstream is never asked: a loopback port, never the public defaults.
+        "upstream_servers": [f"{LOOPBACK}:{upstream_port or free_port()}"],
         "cache": {"max_size_mb": cache_mb or 512},
         "logging": {"level": "WARNING", "query_log": query_log,
                     "file": str(workdir / ("query.log" if query_log else "fastdns.log"))},
         "security": {"rate_limit_per_ip": 0},
         "web": {"enabled": False},
     }
+    if recursion is not None:
+        config["resolver"] = {"mode": "recursive", "root_hints": str(recursion.root_hints),
+                              "query_loopback": True, "nameserver_port": recursion.port,
+                              "qname_minimisation": True}
+        if recursion.trust_anchor is not None:
+            config["dnssec"] = {"enabled": True, "trust_anchor": str(recursion.trust_anchor)}
     text = json.dumps(config, indent=2) + "\n"  # JSON is valid YAML
     assert_loopback_only(text, "fastdns config")
     path = workdir / "fastdns.yaml"

@@ -36,7 +36,7 @@ from fastdns.resolve.upstream import format_address
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["PROBE_QNAME", "ServerProcess", "ServerStartError", "query"]
+__all__ = ["PROBE_QNAME", "ServerProcess", "ServerStartError", "query", "terminate"]
 
 DEFAULT_QUERY_TIMEOUT_S = 5.0
 DEFAULT_START_TIMEOUT_S = 15.0
@@ -47,6 +47,19 @@ _PROBE_INTERVAL_S = 0.05
 # After this long without a reply to the STATUS probe, also send a bare header (FORMERR).
 _HEADER_PROBE_AFTER_S = 2.0
 _STDERR_TAIL_LINES = 40
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int:
+    """SIGTERM a child this process started (by its PID), wait up to `timeout_s`, then
+    SIGKILL it; return its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 class ServerStartError(RuntimeError):
@@ -393,13 +406,7 @@ class ServerProcess:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout)
         self._close_files()
         return proc.returncode
 

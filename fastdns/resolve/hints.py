@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import dns.exception
 import dns.name
-import dns.rdataclass
 import dns.rdatatype
 import dns.zonefile
 
@@ -63,8 +62,9 @@ def load_root_hints(path: str | Path | None) -> list[RootServer]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"root hints {path}: cannot read: {exc}") from exc
     try:
+        # IANA's named.root leaves the class out; `dig . NS` output writes IN: read both.
         rrsets = dns.zonefile.read_rrsets(
-            text, origin=dns.name.root, relativize=False, rdclass=dns.rdataclass.IN
+            text, origin=dns.name.root, relativize=False, rdclass=None
         )
     except (dns.exception.DNSException, ValueError) as exc:
         raise ValueError(f"root hints {path}: {exc}") from exc
