@@ -122,8 +122,11 @@ def _parse_anchors(records: Iterable[tuple[int, str]], source: str) -> list[dns.
     merged: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
     for lineno, record in records:
         where = f"{source}:{lineno}"
+        if record.upper().startswith("$TTL"):
+            continue  # an anchor's TTL does not matter: it is trusted until the file changes
         if record.startswith("$"):
-            raise ValueError(f"{where}: directives are not allowed in a trust anchor file")
+            raise ValueError(f"{where}: only $TTL is allowed in a trust anchor file "
+                             "($ORIGIN and $INCLUDE are not)")
         owner = record.split(None, 1)[0]
         if not owner.endswith("."):
             raise ValueError(f"{where}: owner name {owner!r} must be absolute (end with '.')")

@@ -47,6 +47,12 @@ def test_zone_file_with_comments_and_parentheses(tmp_path: Path, ksk) -> None:
     assert {rd for a in anchors for rd in a} == {ds, ksk}
 
 
+def test_zone_file_ttl_directive_is_accepted(tmp_path: Path, ksk) -> None:
+    ds = dns.dnssec.make_ds(".", ksk, "SHA256")
+    anchors = load_trust_anchors(_write(tmp_path, f"$TTL 3600\n. IN DS {ds}\n"))
+    assert [list(a) for a in anchors] == [[ds]]
+
+
 def test_bind_trust_anchors_clause(tmp_path: Path, ksk) -> None:
     # The shape of BIND's bind.keys: keys split over lines, comments of all three kinds.
     ds = dns.dnssec.make_ds(".", ksk, "SHA256")
@@ -86,6 +92,7 @@ def test_bind_trusted_keys_without_keyword(tmp_path: Path, ksk) -> None:
         ("trust-anchors {\n\n . initial-key 257 3;\n};\n", ":3:"),
         ("trust-anchors {\n . initial-ds 1 13 2 \"abcd\";\n};\n", ":2:"),
         ("managed-keys { };\n", "no DS or DNSKEY"),
+        ("$ORIGIN org.\nexample 3600 IN DS 1 13 2 ab\n", ":1: only $TTL"),
     ],
 )
 def test_bad_anchor_file_names_file_and_line(tmp_path: Path, text: str, needle: str) -> None:
