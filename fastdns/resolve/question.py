@@ -8,7 +8,10 @@ parsing, no I/O and no validation beyond what the tuples give.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import dns.message
 
 _QTYPE_QCLASS = struct.Struct("!HH")
 
@@ -39,3 +42,6 @@ class Answer(NamedTuple):
     upstream: str  # who gave it: "host:port", "[v6]:port" for IPv6
     authentic: bool = False  # DNSSEC-validated as secure: AD for clients that ask (RFC 4035)
     max_ttl_s: int | None = None  # how long the validation verdict holds, if shorter
+    # The same reply already parsed, when the stage built it from a dnspython message: the
+    # validator takes it instead of parsing `reply_wire` again. The stage keeps no reference.
+    message: dns.message.Message | None = None

@@ -203,7 +203,7 @@ class Recursor:
         assert message is not None
         if not q.do:
             without_dnssec_records(message, q.qtype)
-        return Answer(message.to_wire(), outcome.server)
+        return Answer(message.to_wire(), outcome.server, message=message)
 
     async def lookup(self, name: dns.name.Name, rdtype: int,
                      budget_s: float | None = None) -> dns.message.Message:

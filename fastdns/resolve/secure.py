@@ -48,10 +48,12 @@ class ValidatingStage:
 
     async def resolve(self, q: Question, budget_s: float | None = None) -> Answer:
         answer = await self._inner.resolve(q._replace(do=True, cd=True), budget_s)
-        try:
-            message = dns.message.from_wire(answer.reply_wire)
-        except (dns.exception.DNSException, ValueError) as exc:
-            raise ResolveError(f"unparsable reply from {answer.upstream}: {exc}") from exc
+        message = answer.message
+        if message is None:
+            try:
+                message = dns.message.from_wire(answer.reply_wire)
+            except (dns.exception.DNSException, ValueError) as exc:
+                raise ResolveError(f"unparsable reply from {answer.upstream}: {exc}") from exc
         if q.cd:
             return self._for_client(q, message, answer, authentic=False, ttl_s=None)
         verdict = await self._validator.validate(message)
