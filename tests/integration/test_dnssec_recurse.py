@@ -1,0 +1,303 @@
+"""DNSSEC end to end: `fastdns serve` in recursive mode validating a signed fake tree.
+
+One server for the module, started as a user starts it, with the tree's root DS as its trust
+anchor. The tree (every zone on its own 127.0.0.x, the broken ones together):
+
+    .                 NSEC, KSK + ZSK
+    ├── org.          NSEC3, salted, 1 extra iteration
+    │   ├── example.org.     NSEC, KSK + ZSK (wildcard, CNAMEs into other zones)
+    │   ├── unsigned.org.    unsigned, no DS: an insecure delegation proven by NSEC3
+    │   ├── slow.org.        NSEC3 with 151 iterations (RFC 9276 §3.2: denials insecure)
+    │   └── badsig. expired. notyet. norrsig. dsmismatch. alg253.org.   broken on purpose
+    └── net.          NSEC3 with opt-out, one CSK
+        ├── example.net.     NSEC3, Ed25519 CSK
+        └── unsigned.net.    unsigned, left out of net.'s NSEC3 chain by opt-out
+
+Tests that count queries or depend on what is cached use names no other test asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dns.dnssec
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from fastdns._testing import Breakage, Hierarchy, ServerProcess, Signing
+
+from . import recursive_config
+
+ROOT, ORG, NET = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+EXAMPLE_ORG, EXAMPLE_NET, UNSIGNED, BROKEN = "127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8"
+SLOW = "127.0.0.9"
+
+# RFC 8914 §4 INFO-CODEs.
+EDE_DNSSEC_BOGUS = 6
+EDE_SIGNATURE_EXPIRED = 7
+EDE_SIGNATURE_NOT_YET_VALID = 8
+EDE_DNSKEY_MISSING = 9
+EDE_RRSIGS_MISSING = 10
+
+BROKEN_ZONES = {
+    "badsig.org.": (Signing(broken=Breakage.BAD_SIGNATURE), EDE_DNSSEC_BOGUS),
+    "expired.org.": (Signing(broken=Breakage.EXPIRED), EDE_SIGNATURE_EXPIRED),
+    "notyet.org.": (Signing(broken=Breakage.NOT_YET_VALID), EDE_SIGNATURE_NOT_YET_VALID),
+    "norrsig.org.": (Signing(broken=Breakage.MISSING_RRSIG), EDE_RRSIGS_MISSING),
+    "dsmismatch.org.": (Signing(broken=Breakage.DS_MISMATCH), EDE_DNSKEY_MISSING),
+}
+T = dns.rdatatype
+
+
+def build_tree() -> Hierarchy:
+    h = Hierarchy()
+    h.zone(".", ROOT, signing=Signing())
+    h.delegate(ROOT, "org.", {"ns1.org.": ORG})
+    h.delegate(ROOT, "net.", {"ns1.net.": NET})
+    h.zone("org.", ORG, f"ns1 300 IN A {ORG}",
+           signing=Signing(nsec3=True, salt=b"\xab\xcd", iterations=1))
+    h.zone("net.", NET, f"ns1 300 IN A {NET}",
+           signing=Signing(nsec3=True, opt_out=True, csk=True))
+    h.delegate(ORG, "example.org.", {"ns1.example.org.": EXAMPLE_ORG})
+    h.zone(
+        "example.org.", EXAMPLE_ORG,
+        f"ns1 300 IN A {EXAMPLE_ORG}",
+        "www 300 IN A 192.0.2.1",
+        "cached 300 IN A 192.0.2.3",
+        "host.ent 300 IN A 192.0.2.4",
+        "*.wild 300 IN A 192.0.2.2",
+        "alias 300 IN CNAME www.example.net.",
+        "toinsecure 300 IN CNAME www.unsigned.org.",
+        signing=Signing(),
+    )
+    h.delegate(NET, "example.net.", {"ns1.example.net.": EXAMPLE_NET})
+    h.zone(
+        "example.net.", EXAMPLE_NET,
+        f"ns1 300 IN A {EXAMPLE_NET}",
+        "www 300 IN A 192.0.2.10",
+        "*.wild 300 IN A 192.0.2.11",
+        signing=Signing(algorithm=dns.dnssec.Algorithm.ED25519, csk=True, nsec3=True),
+    )
+    for parent, child in ((ORG, "unsigned.org."), (NET, "unsigned.net.")):
+        h.delegate(parent, child, {f"ns.{child}": UNSIGNED})
+        h.zone(child, UNSIGNED, f"ns 300 IN A {UNSIGNED}", "www 300 IN A 192.0.2.20")
+    h.delegate(ORG, "slow.org.", {"ns.slow.org.": SLOW})
+    h.zone("slow.org.", SLOW, f"ns 300 IN A {SLOW}", "www 300 IN A 192.0.2.40",
+           signing=Signing(nsec3=True, iterations=151))
+    zones: dict[str, Signing] = {z: s for z, (s, _) in BROKEN_ZONES.items()}
+    zones["alg253.org."] = Signing(algorithm=253)
+    for child, signing in zones.items():
+        h.delegate(ORG, child, {f"ns.{child}": BROKEN})
+        h.zone(child, BROKEN, f"ns 300 IN A {BROKEN}", "www 300 IN A 192.0.2.30",
+               signing=signing)
+    return h
+
+
+@pytest.fixture(scope="module")
+def tree() -> Iterator[Hierarchy]:
+    h = build_tree()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tree: Hierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("dnssec-recurse")
+    config = recursive_config(tree, directory) | {
+        "dnssec": {"enabled": True, "trust_anchor": str(tree.trust_anchor_path(directory))}
+    }
+    with ServerProcess(config, directory) as started:
+        yield started
+
+
+def ask(server: ServerProcess, name: str, qtype: str = "A", *, do: bool = True,
+        ad: bool = False, cd: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, qtype, use_edns=0, want_dnssec=do)
+    query.flags |= (dns.flags.AD if ad else 0) | (dns.flags.CD if cd else 0)
+    return dns.query.udp(query, "127.0.0.1", port=server.port, timeout=6)
+
+
+def authentic(reply: dns.message.Message) -> bool:
+    return bool(reply.flags & dns.flags.AD)
+
+
+def types(section: list[dns.rrset.RRset]) -> set[str]:
+    """The types in a section; an RRSIG shows as RRSIG(covered type)."""
+    return {f"RRSIG({T.to_text(r.covers)})" if r.rdtype == T.RRSIG else T.to_text(r.rdtype)
+            for r in section}
+
+
+def ede_codes(reply: dns.message.Message) -> list[int]:
+    return [o.code for o in reply.options if o.otype == dns.edns.EDE]
+
+
+def addresses(reply: dns.message.Message) -> list[str]:
+    return sorted(rd.address for r in reply.answer if r.rdtype in (T.A, T.AAAA) for rd in r)
+
+
+def assert_signed_by(section: list[dns.rrset.RRset], tree: Hierarchy, zone: str) -> None:
+    """Every rrset in `section` but the RRSIGs verifies with `zone`'s keys (dnspython)."""
+    origin = dns.name.from_text(zone)
+    keys = {origin: tree.signed_zone(zone).get(origin, T.DNSKEY)}
+    checked = 0
+    for rrset in section:
+        if rrset.rdtype == T.RRSIG:
+            continue
+        (sig,) = [s for s in section if s.rdtype == T.RRSIG and s.name == rrset.name
+                  and s.covers == rrset.rdtype]
+        dns.dnssec.validate(rrset, sig, keys)
+        checked += 1
+    assert checked
+
+
+# ---------------------------------------------------------------------------------------------
+# Secure answers
+
+
+def test_secure_answer_is_authentic_with_signatures_only_for_do_clients(server, tree):
+    with_do = ask(server, "www.example.org")
+    assert with_do.rcode() == dns.rcode.NOERROR and addresses(with_do) == ["192.0.2.1"]
+    assert authentic(with_do)
+    assert types(with_do.answer) == {"A", "RRSIG(A)"}
+    assert_signed_by(with_do.answer, tree, "example.org.")
+    # RFC 6840 §5.7: AD for a client that set AD without DO, but no RRSIG (RFC 4035 §3.2.1).
+    ad_only = ask(server, "www.example.org", do=False, ad=True)
+    assert authentic(ad_only) and types(ad_only.answer) == {"A"}
+    plain = ask(server, "www.example.org", do=False)
+    assert not authentic(plain) and types(plain.answer) == {"A"}
+
+
+def test_keys_and_delegation_signer_are_secure(server, tree):
+    dnskey = ask(server, "example.net", "DNSKEY")
+    assert authentic(dnskey) and types(dnskey.answer) == {"DNSKEY", "RRSIG(DNSKEY)"}
+    assert_signed_by(dnskey.answer, tree, "example.net.")
+    ds = ask(server, "example.net", "DS")
+    assert authentic(ds) and types(ds.answer) == {"DS", "RRSIG(DS)"}
+    assert_signed_by(ds.answer, tree, "net.")
+
+
+@pytest.mark.parametrize(("zone", "proof"), [("example.org.", "NSEC"), ("example.net.", "NSEC3")])
+def test_secure_nxdomain_carries_its_proof(server, tree, zone, proof):
+    reply = ask(server, f"nothing.{zone}")
+    assert reply.rcode() == dns.rcode.NXDOMAIN and not reply.answer
+    assert authentic(reply)
+    assert types(reply.authority) == {"SOA", "RRSIG(SOA)", proof, f"RRSIG({proof})"}
+    assert_signed_by(reply.authority, tree, zone)
+    # RFC 4035 §3.2.1: no proofs for a client that did not ask for DNSSEC records.
+    plain = ask(server, f"nothing.{zone}", do=False, ad=True)
+    assert plain.rcode() == dns.rcode.NXDOMAIN and authentic(plain)
+    assert types(plain.authority) == {"SOA"}
+
+
+@pytest.mark.parametrize(("name", "proof"), [
+    ("www.example.org", "NSEC"),
+    ("ent.example.org", "NSEC"),  # an empty non-terminal (RFC 4035 §3.1.3.2)
+    ("www.example.net", "NSEC3"),
+])
+def test_secure_nodata_carries_its_proof(server, tree, name, proof):
+    reply = ask(server, name, "AAAA")
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+    assert authentic(reply)
+    assert types(reply.authority) == {"SOA", "RRSIG(SOA)", proof, f"RRSIG({proof})"}
+    zone = name.split(".", 1)[1] + "."
+    assert_signed_by(reply.authority, tree, zone)
+
+
+@pytest.mark.parametrize(("zone", "proof", "address"), [
+    ("example.org.", "NSEC", "192.0.2.2"),
+    ("example.net.", "NSEC3", "192.0.2.11"),
+])
+def test_wildcard_answer_is_secure_with_the_proof_the_name_does_not_exist(
+    server, tree, zone, proof, address
+):
+    name = f"anything.wild.{zone}"
+    reply = ask(server, name)
+    assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == [address]
+    assert authentic(reply)
+    (rrsig,) = [r for r in reply.answer if r.rdtype == T.RRSIG]
+    # RFC 4035 §5.3.4: the RRSIG's labels say the owner was made from a wildcard.
+    assert rrsig.name == dns.name.from_text(name) and rrsig[0].labels == 3
+    assert types(reply.authority) == {proof, f"RRSIG({proof})"}
+
+
+def test_cname_between_secure_zones_is_authentic(server):
+    reply = ask(server, "alias.example.org")
+    assert addresses(reply) == ["192.0.2.10"]
+    assert types(reply.answer) == {"CNAME", "RRSIG(CNAME)", "A", "RRSIG(A)"}
+    assert authentic(reply)
+
+
+def test_a_cached_secure_answer_stays_authentic(server, tree):
+    first = ask(server, "cached.example.org")
+    second = ask(server, "cached.example.org")
+    assert authentic(first) and authentic(second)
+    assert addresses(second) == ["192.0.2.3"] and types(second.answer) == {"A", "RRSIG(A)"}
+    asked = [q for q in tree.server(EXAMPLE_ORG).queries if q.qname.lower() == "cached.example.org."]
+    assert len(asked) == 1  # the second answer came from the cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Insecure answers: served, never AD
+
+
+@pytest.mark.parametrize("zone", ["unsigned.org.", "unsigned.net."])
+def test_insecure_delegation_is_answered_without_ad(server, zone):
+    # unsigned.org: org.'s NSEC3 shows no DS; unsigned.net: net.'s opt-out span covers it.
+    reply = ask(server, f"www.{zone}")
+    assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.20"]
+    assert not authentic(reply)
+    negative = ask(server, f"nothing.{zone}")
+    assert negative.rcode() == dns.rcode.NXDOMAIN and not authentic(negative)
+
+
+def test_unsupported_algorithm_is_insecure_not_bogus(server):
+    # RFC 4035 §5.2: a DS with only algorithms the validator lacks makes the zone insecure.
+    reply = ask(server, "www.alg253.org")
+    assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.30"]
+    assert not authentic(reply)
+
+
+def test_denials_with_too_many_nsec3_iterations_are_insecure(server):
+    # RFC 9276 §3.2: above 150 iterations the proof is not checked; the answer is not secure.
+    assert authentic(ask(server, "www.slow.org"))  # signatures still make data secure
+    reply = ask(server, "nothing.slow.org")
+    assert reply.rcode() == dns.rcode.NXDOMAIN and not authentic(reply)
+    assert "NSEC3" in types(reply.authority)
+
+
+def test_cname_from_a_secure_into_an_insecure_zone_is_not_authentic(server):
+    reply = ask(server, "toinsecure.example.org")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert addresses(reply) == ["192.0.2.20"] and "CNAME" in types(reply.answer)
+    assert not authentic(reply)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bogus answers: SERVFAIL with the reason, unless checking is disabled
+
+
+@pytest.mark.parametrize(("zone", "ede"), [(z, e) for z, (_, e) in BROKEN_ZONES.items()],
+                         ids=list(BROKEN_ZONES))
+def test_broken_zone_is_servfail_with_the_reason(server, zone, ede):
+    reply = ask(server, f"www.{zone}")
+    assert reply.rcode() == dns.rcode.SERVFAIL and not reply.answer
+    assert ede_codes(reply) == [ede]
+
+
+def test_checking_disabled_returns_bogus_data_without_ad(server):
+    # RFC 4035 §3.2.2: CD=1 gets the data unvalidated; the changed address, never AD.
+    reply = ask(server, "www.badsig.org", cd=True)
+    assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.31"]
+    assert not authentic(reply) and reply.flags & dns.flags.CD
+    # ... and what CD=1 fetched is not what a validating client is served.
+    again = ask(server, "www.badsig.org")
+    assert again.rcode() == dns.rcode.SERVFAIL and ede_codes(again) == [EDE_DNSSEC_BOGUS]
