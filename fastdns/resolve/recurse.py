@@ -512,8 +512,9 @@ def _follow(message: dns.message.Message, qname: dns.name.Name,
     out: list[dns.rrset.RRset] = []
     name = qname
     for _ in range(MAX_CNAME_CHAIN + 1):
+        # RRSIGs go with the data they cover, unless they are what was asked for.
         data = [r for r in answer if r.name == name and (r.rdtype == qtype or qtype == _RD.ANY)
-                and r.rdtype != _RD.RRSIG]
+                and (r.rdtype != _RD.RRSIG or qtype == _RD.RRSIG)]
         if data:
             out += data + _signatures(answer, name, {r.rdtype for r in data})
             return out, name, True

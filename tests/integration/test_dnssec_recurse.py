@@ -229,6 +229,14 @@ def test_wildcard_answer_is_secure_with_the_proof_the_name_does_not_exist(
     assert types(reply.authority) == {proof, f"RRSIG({proof})"}
 
 
+def test_a_question_for_rrsig_gets_the_signatures(server):
+    reply = ask(server, "www.example.org", "RRSIG", do=False)
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert types(reply.answer) == {"RRSIG(A)", "RRSIG(NSEC)"}
+    # RFC 4035 §2.2: RRSIGs are not signed themselves; there is nothing to make them AD.
+    assert not authentic(reply)
+
+
 def test_cname_between_secure_zones_is_authentic(server):
     reply = ask(server, "alias.example.org")
     assert addresses(reply) == ["192.0.2.10"]
