@@ -207,6 +207,7 @@ class Recursor:
         that does not exist is NXDOMAIN with the CNAME in the answer.
         """
         chain: list[dns.rrset.RRset] = []
+        proofs: list[dns.rrset.RRset] = []  # the denial records that came with the links
         seen = {qname}
         name = qname
         while True:
@@ -218,15 +219,18 @@ class Recursor:
                 seen.add(target)
             chain += rrsets
             if found or (end == name and step.kind in ("nxdomain", "nodata")):
-                return _assemble(qname, qtype, chain, step, found), step.server
+                return _assemble(qname, qtype, chain, step, found, proofs), step.server
             if end == name:
                 raise RecursionFailed(f"{step.server} answered {name} without its data")
             if step.message.rcode() == dns.rcode.NXDOMAIN and end.is_subdomain(step.zone):
                 # The server chased the chain inside its zone: the last target does not exist.
                 # About names outside its zone its rcode means nothing (bailiwick).
-                return _assemble(qname, qtype, chain, step, found), step.server
+                return _assemble(qname, qtype, chain, step, found, proofs), step.server
             if len(seen) > MAX_CNAME_CHAIN:
                 raise RecursionFailed(f"CNAME chain longer than {MAX_CNAME_CHAIN}")
+            # RFC 4035 §3.1.3.3: a link made from a wildcard comes with the proof that its
+            # owner does not exist, whichever response ends the chain.
+            proofs += _denials(step.message.authority, (_RD.NSEC, _RD.NSEC3))
             budget.spend(f"CNAME to {end}")
             name = end
 
@@ -541,26 +545,31 @@ def _signatures(section: list[dns.rrset.RRset], name: dns.name.Name,
 
 
 def _assemble(qname: dns.name.Name, qtype: int, chain: list[dns.rrset.RRset], step: _Step,
-              final: bool) -> dns.message.Message:
+              final: bool, proofs: list[dns.rrset.RRset]) -> dns.message.Message:
     """The reply a client gets: the chain of answers; for a negative end, the SOA and the
-    denial proofs of the last response (RFC 2308 §3, RFC 4035 §3.1.3)."""
+    denial proofs of the last response (RFC 2308 §3, RFC 4035 §3.1.3); and the `proofs`
+    that came with earlier links of the chain."""
     reply = dns.message.Message()
     reply.flags = dns.flags.QR | dns.flags.RA
     reply.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, _RD.RdataType.make(qtype))]
     reply.answer = list(chain)
     if final:
         # Wildcard answers carry the proof that the exact name does not exist (RFC 4035 §3.1.3.3).
-        reply.authority = [r for r in step.message.authority
-                           if r.rdtype in (_RD.NSEC, _RD.NSEC3)
-                           or (r.rdtype == _RD.RRSIG and r.covers in (_RD.NSEC, _RD.NSEC3))]
+        reply.authority = _denials(step.message.authority, (_RD.NSEC, _RD.NSEC3))
         reply.set_rcode(dns.rcode.NOERROR)
     else:
-        reply.authority = [r for r in step.message.authority
-                           if r.rdtype in (_RD.SOA, _RD.NSEC, _RD.NSEC3)
-                           or (r.rdtype == _RD.RRSIG and r.covers in
-                               (_RD.SOA, _RD.NSEC, _RD.NSEC3))]
+        reply.authority = _denials(step.message.authority, (_RD.SOA, _RD.NSEC, _RD.NSEC3))
         reply.set_rcode(step.message.rcode())
+    for rrset in proofs:
+        if rrset not in reply.authority:
+            reply.authority.append(rrset)
     return reply
+
+
+def _denials(section: list[dns.rrset.RRset], rdtypes: tuple[int, ...]) -> list[dns.rrset.RRset]:
+    """The records of `rdtypes` in `section`, with the RRSIGs over them."""
+    return [r for r in section
+            if r.rdtype in rdtypes or (r.rdtype == _RD.RRSIG and r.covers in rdtypes)]
 
 
 def name_wire(name: dns.name.Name) -> bytes:

@@ -73,6 +73,7 @@ def build_tree() -> Hierarchy:
         "cached 300 IN A 192.0.2.3",
         "host.ent 300 IN A 192.0.2.4",
         "*.wild 300 IN A 192.0.2.2",
+        "*.wildalias 300 IN CNAME www.example.net.",
         "alias 300 IN CNAME www.example.net.",
         "toinsecure 300 IN CNAME www.unsigned.org.",
         signing=Signing(),
@@ -242,6 +243,17 @@ def test_cname_between_secure_zones_is_authentic(server):
     assert addresses(reply) == ["192.0.2.10"]
     assert types(reply.answer) == {"CNAME", "RRSIG(CNAME)", "A", "RRSIG(A)"}
     assert authentic(reply)
+
+
+@pytest.mark.parametrize("qtype", ["A", "AAAA"])
+def test_cname_made_from_a_wildcard_keeps_its_proof_into_the_next_zone(server, qtype):
+    # The CNAME comes from example.org's wildcard, its target's answer (or NODATA) from
+    # example.net: the NSEC showing the CNAME's owner does not exist must stay in the reply.
+    reply = ask(server, "x.wildalias.example.org", qtype)
+    assert reply.rcode() == dns.rcode.NOERROR and "CNAME" in types(reply.answer)
+    assert authentic(reply)
+    nsecs = [r for r in reply.authority if r.rdtype == T.NSEC]
+    assert [r.name.to_text() for r in nsecs] == ["*.wildalias.example.org."]
 
 
 def test_a_cached_secure_answer_stays_authentic(server, tree):
