@@ -252,6 +252,9 @@ class _Answer:
         question = query.question[0]
         self.dnssec = query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
         reply = dns.message.make_response(query, our_payload=EDNS_PAYLOAD)
+        # dnspython would refuse to render more than the query's payload size even for TCP;
+        # FakeUpstream truncates UDP replies to it itself (RFC 6891 §7).
+        reply.request_payload = 65535
         # RFC 4035 §3.1.6: CD is copied; an authoritative server sets no AD.
         reply.flags |= query.flags & dns.flags.CD
         if self.dnssec:
