@@ -18,6 +18,7 @@ Tests that count queries or depend on what is cached use names no other test ask
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator
 
 import dns.dnssec
@@ -32,6 +33,7 @@ import dns.rrset
 import pytest
 
 from fastdns._testing import Breakage, Hierarchy, ServerProcess, Signing
+from fastdns._testing.zonesign import ZoneKeys
 
 from . import recursive_config
 
@@ -54,6 +56,7 @@ BROKEN_ZONES = {
     "dsmismatch.org.": (Signing(broken=Breakage.DS_MISMATCH), EDE_DNSKEY_MISSING),
 }
 T = dns.rdatatype
+MANY = 8  # names asked for at once in many.org
 
 
 def build_tree() -> Hierarchy:
@@ -71,6 +74,7 @@ def build_tree() -> Hierarchy:
         f"ns1 300 IN A {EXAMPLE_ORG}",
         "www 300 IN A 192.0.2.1",
         "cached 300 IN A 192.0.2.3",
+        "big 300 IN TXT " + " ".join(f'"{c * 250}"' for c in "abcdef"),
         "host.ent 300 IN A 192.0.2.4",
         "*.wild 300 IN A 192.0.2.2",
         "*.wildalias 300 IN CNAME www.example.net.",
@@ -84,11 +88,15 @@ def build_tree() -> Hierarchy:
         f"ns1 300 IN A {EXAMPLE_NET}",
         "www 300 IN A 192.0.2.10",
         "*.wild 300 IN A 192.0.2.11",
+        "host.ent 300 IN A 192.0.2.12",
         signing=Signing(algorithm=dns.dnssec.Algorithm.ED25519, csk=True, nsec3=True),
     )
     for parent, child in ((ORG, "unsigned.org."), (NET, "unsigned.net.")):
         h.delegate(parent, child, {f"ns.{child}": UNSIGNED})
         h.zone(child, UNSIGNED, f"ns 300 IN A {UNSIGNED}", "www 300 IN A 192.0.2.20")
+    h.delegate(ORG, "many.org.", {"ns.many.org.": SLOW})
+    h.zone("many.org.", SLOW, f"ns 300 IN A {SLOW}",
+           *(f"n{i} 300 IN A 192.0.2.{50 + i}" for i in range(MANY)), signing=Signing())
     h.delegate(ORG, "slow.org.", {"ns.slow.org.": SLOW})
     h.zone("slow.org.", SLOW, f"ns 300 IN A {SLOW}", "www 300 IN A 192.0.2.40",
            signing=Signing(nsec3=True, iterations=151))
@@ -186,15 +194,19 @@ def test_keys_and_delegation_signer_are_secure(server, tree):
     assert_signed_by(ds.answer, tree, "net.")
 
 
-@pytest.mark.parametrize(("zone", "proof"), [("example.org.", "NSEC"), ("example.net.", "NSEC3")])
-def test_secure_nxdomain_carries_its_proof(server, tree, zone, proof):
-    reply = ask(server, f"nothing.{zone}")
+@pytest.mark.parametrize(("name", "proof"), [
+    ("nothing.example.org.", "NSEC"),
+    ("nothing.example.net.", "NSEC3"),
+    ("a.b.ent.example.net.", "NSEC3"),  # the closest encloser is an empty non-terminal
+])
+def test_secure_nxdomain_carries_its_proof(server, tree, name, proof):
+    reply = ask(server, name)
     assert reply.rcode() == dns.rcode.NXDOMAIN and not reply.answer
     assert authentic(reply)
     assert types(reply.authority) == {"SOA", "RRSIG(SOA)", proof, f"RRSIG({proof})"}
-    assert_signed_by(reply.authority, tree, zone)
+    assert_signed_by(reply.authority, tree, name.split(".", name.count(".") - 2)[-1])
     # RFC 4035 §3.2.1: no proofs for a client that did not ask for DNSSEC records.
-    plain = ask(server, f"nothing.{zone}", do=False, ad=True)
+    plain = ask(server, name, do=False, ad=True)
     assert plain.rcode() == dns.rcode.NXDOMAIN and authentic(plain)
     assert types(plain.authority) == {"SOA"}
 
@@ -254,6 +266,27 @@ def test_cname_made_from_a_wildcard_keeps_its_proof_into_the_next_zone(server, q
     assert authentic(reply)
     nsecs = [r for r in reply.authority if r.rdtype == T.NSEC]
     assert [r.name.to_text() for r in nsecs] == ["*.wildalias.example.org."]
+
+
+def test_a_signed_answer_too_big_for_udp_is_fetched_over_tcp_and_validated(server, tree):
+    query = dns.message.make_query("big.example.org", "TXT", use_edns=0, want_dnssec=True)
+    reply, _ = dns.query.udp_with_fallback(query, "127.0.0.1", port=server.port, timeout=6)
+    assert reply.rcode() == dns.rcode.NOERROR and authentic(reply)
+    assert types(reply.answer) == {"TXT", "RRSIG(TXT)"}
+    # RFC 7766 §5: the example.org server truncated its UDP answer; the TCP one was used.
+    asked = [q for q in tree.server(EXAMPLE_ORG).queries if q.qname.lower() == "big.example.org."]
+    assert {q.transport for q in asked} == {"udp", "tcp"}
+
+
+def test_questions_at_once_into_a_new_zone_share_its_key_fetches(server, tree):
+    names = [f"n{i}.many.org" for i in range(MANY)]
+    with concurrent.futures.ThreadPoolExecutor(MANY) as pool:
+        replies = list(pool.map(lambda name: ask(server, name), names))
+    assert [addresses(r) for r in replies] == [[f"192.0.2.{50 + i}"] for i in range(MANY)]
+    assert all(authentic(r) for r in replies)
+    # The validator asks for a zone's keys once, however many questions wait for them.
+    asked = [q for q in tree.server(SLOW).queries if q.qtype == "DNSKEY"]
+    assert [q.qname.lower() for q in asked] == ["many.org."]
 
 
 def test_a_cached_secure_answer_stays_authentic(server, tree):
@@ -321,3 +354,34 @@ def test_checking_disabled_returns_bogus_data_without_ad(server):
     # ... and what CD=1 fetched is not what a validating client is served.
     again = ask(server, "www.badsig.org")
     assert again.rcode() == dns.rcode.SERVFAIL and ede_codes(again) == [EDE_DNSSEC_BOGUS]
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust anchors
+
+
+def test_a_dnskey_trust_anchor_works_like_a_ds(server_factory, tree, tmp_path):
+    root = tree.signed_zone(".")
+    keys = root.get(dns.name.root, T.DNSKEY)
+    assert keys is not None
+    anchor = tmp_path / "root.key"
+    anchor.write_text("".join(f". 300 IN DNSKEY {k}\n" for k in keys if k.flags == 257))
+    config = recursive_config(tree, tmp_path) | {
+        "dnssec": {"enabled": True, "trust_anchor": str(anchor)}
+    }
+    assert authentic(ask(server_factory(config), "www.example.net"))
+
+
+def test_a_trust_anchor_that_matches_no_root_key_makes_everything_bogus(
+    server_factory, tree, tmp_path
+):
+    anchor = tmp_path / "wrong.anchor"
+    anchor.write_text(ZoneKeys(dns.name.root, Signing()).trust_anchor_text())
+    config = recursive_config(tree, tmp_path) | {
+        "dnssec": {"enabled": True, "trust_anchor": str(anchor)}
+    }
+    server = server_factory(config)
+    for name in ("www.example.org", "www.unsigned.org"):
+        reply = ask(server, name)
+        assert reply.rcode() == dns.rcode.SERVFAIL
+        assert ede_codes(reply) == [EDE_DNSKEY_MISSING]  # RFC 8914 §4.10: no key matches the DS
