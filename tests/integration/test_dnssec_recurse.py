@@ -80,8 +80,13 @@ def build_tree() -> Hierarchy:
         "*.wildalias 300 IN CNAME www.example.net.",
         "alias 300 IN CNAME www.example.net.",
         "toinsecure 300 IN CNAME www.unsigned.org.",
+        "dn 300 IN DNAME example.net.",
         signing=Signing(),
     )
+    # Parent and child on one server, as hosters do: DS must come from the parent side.
+    h.delegate(EXAMPLE_ORG, "child.example.org.", {"ns1.example.org.": EXAMPLE_ORG})
+    h.zone("child.example.org.", EXAMPLE_ORG, "www 300 IN A 192.0.2.5",
+           signing=Signing(nsec3=True))
     h.delegate(NET, "example.net.", {"ns1.example.net.": EXAMPLE_NET})
     h.zone(
         "example.net.", EXAMPLE_NET,
@@ -91,7 +96,8 @@ def build_tree() -> Hierarchy:
         "host.ent 300 IN A 192.0.2.12",
         signing=Signing(algorithm=dns.dnssec.Algorithm.ED25519, csk=True, nsec3=True),
     )
-    for parent, child in ((ORG, "unsigned.org."), (NET, "unsigned.net.")):
+    for parent, child in ((ORG, "unsigned.org."), (NET, "unsigned.net."),
+                          (EXAMPLE_ORG, "unsigned.example.org.")):
         h.delegate(parent, child, {f"ns.{child}": UNSIGNED})
         h.zone(child, UNSIGNED, f"ns 300 IN A {UNSIGNED}", "www 300 IN A 192.0.2.20")
     h.delegate(ORG, "many.org.", {"ns.many.org.": SLOW})
@@ -268,6 +274,20 @@ def test_cname_made_from_a_wildcard_keeps_its_proof_into_the_next_zone(server, q
     assert [r.name.to_text() for r in nsecs] == ["*.wildalias.example.org."]
 
 
+def test_dname_is_validated_and_its_cname_followed(server):
+    reply = ask(server, "www.dn.example.org")
+    assert addresses(reply) == ["192.0.2.10"]
+    assert types(reply.answer) == {"DNAME", "RRSIG(DNAME)", "CNAME", "A", "RRSIG(A)"}
+    assert authentic(reply)
+
+
+def test_a_child_zone_on_its_parents_server_is_secure(server, tree):
+    assert authentic(ask(server, "www.child.example.org"))
+    ds = ask(server, "child.example.org", "DS")
+    assert authentic(ds) and types(ds.answer) == {"DS", "RRSIG(DS)"}
+    assert_signed_by(ds.answer, tree, "example.org.")
+
+
 def test_a_signed_answer_too_big_for_udp_is_fetched_over_tcp_and_validated(server, tree):
     query = dns.message.make_query("big.example.org", "TXT", use_edns=0, want_dnssec=True)
     reply, _ = dns.query.udp_with_fallback(query, "127.0.0.1", port=server.port, timeout=6)
@@ -302,9 +322,9 @@ def test_a_cached_secure_answer_stays_authentic(server, tree):
 # Insecure answers: served, never AD
 
 
-@pytest.mark.parametrize("zone", ["unsigned.org.", "unsigned.net."])
+@pytest.mark.parametrize("zone", ["unsigned.org.", "unsigned.net.", "unsigned.example.org."])
 def test_insecure_delegation_is_answered_without_ad(server, zone):
-    # unsigned.org: org.'s NSEC3 shows no DS; unsigned.net: net.'s opt-out span covers it.
+    # No DS, shown by org.'s NSEC3, by net.'s opt-out NSEC3 span, by example.org's NSEC.
     reply = ask(server, f"www.{zone}")
     assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.20"]
     assert not authentic(reply)
