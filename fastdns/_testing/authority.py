@@ -21,7 +21,7 @@ import ipaddress
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -67,7 +67,7 @@ class _Served:
     """A built zone and the glue its referrals carry, by delegation point."""
 
     zone: Zone
-    glue: dict[dns.name.Name, list[dns.rrset.RRset]] = field(default_factory=dict)
+    glue: dict[dns.name.Name, list[dns.rrset.RRset]]
 
 
 class Hierarchy:
@@ -164,8 +164,8 @@ class Hierarchy:
         path.write_text(spec.keys.trust_anchor_text())
         return path
 
-    def signed_zone(self, origin: str) -> Zone:
-        """The zone `origin` as the servers answer from it now (built and signed)."""
+    def served_zone(self, origin: str) -> Zone:
+        """The zone `origin` as the servers answer from it now (built, and signed if it is)."""
         return self._build()[dns.name.from_text(origin)].zone
 
     # -- counters and lifecycle -------------------------------------------------------------

@@ -1,17 +1,20 @@
 """DNSSEC end to end: `fastdns serve` in recursive mode validating a signed fake tree.
 
 One server for the module, started as a user starts it, with the tree's root DS as its trust
-anchor. The tree (every zone on its own 127.0.0.x, the broken ones together):
+anchor. The tree, each server on its own 127.0.0.x:
 
-    .                 NSEC, KSK + ZSK
-    ├── org.          NSEC3, salted, 1 extra iteration
-    │   ├── example.org.     NSEC, KSK + ZSK (wildcard, CNAMEs into other zones)
-    │   ├── unsigned.org.    unsigned, no DS: an insecure delegation proven by NSEC3
-    │   ├── slow.org.        NSEC3 with 151 iterations (RFC 9276 §3.2: denials insecure)
-    │   └── badsig. expired. notyet. norrsig. dsmismatch. alg253.org.   broken on purpose
-    └── net.          NSEC3 with opt-out, one CSK
-        ├── example.net.     NSEC3, Ed25519 CSK
-        └── unsigned.net.    unsigned, left out of net.'s NSEC3 chain by opt-out
+    .                 NSEC, KSK + ZSK                                               ROOT
+    ├── org.          NSEC3, salted, 1 extra iteration                              ORG
+    │   ├── example.org.     NSEC, KSK + ZSK: wildcards, CNAMEs, DNAME          EXAMPLE_ORG
+    │   │   ├── child.example.org.     NSEC3, on its parent's server            EXAMPLE_ORG
+    │   │   └── unsigned.example.org.  unsigned, no DS (NSEC proves it)         UNSIGNED
+    │   ├── unsigned.org.    unsigned, no DS (NSEC3 proves it)                  UNSIGNED
+    │   ├── many.org.        NSEC, asked about concurrently                     SLOW
+    │   ├── slow.org.        NSEC3 with 151 iterations (RFC 9276 §3.2)          SLOW
+    │   └── badsig. expired. notyet. norrsig. dsmismatch. alg253.org.           BROKEN
+    └── net.          NSEC3 with opt-out, one CSK                                   NET
+        ├── example.net.     NSEC3, Ed25519 CSK                                 EXAMPLE_NET
+        └── unsigned.net.    unsigned, left out of net.'s chain by opt-out      UNSIGNED
 
 Tests that count queries or depend on what is cached use names no other test asks for.
 """
@@ -41,19 +44,15 @@ ROOT, ORG, NET = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 EXAMPLE_ORG, EXAMPLE_NET, UNSIGNED, BROKEN = "127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8"
 SLOW = "127.0.0.9"
 
-# RFC 8914 §4 INFO-CODEs.
-EDE_DNSSEC_BOGUS = 6
-EDE_SIGNATURE_EXPIRED = 7
-EDE_SIGNATURE_NOT_YET_VALID = 8
-EDE_DNSKEY_MISSING = 9
-EDE_RRSIGS_MISSING = 10
-
+# RFC 8914 §4: the INFO-CODE each broken zone must be reported with.
+EDE = dns.edns.EDECode
 BROKEN_ZONES = {
-    "badsig.org.": (Signing(broken=Breakage.BAD_SIGNATURE), EDE_DNSSEC_BOGUS),
-    "expired.org.": (Signing(broken=Breakage.EXPIRED), EDE_SIGNATURE_EXPIRED),
-    "notyet.org.": (Signing(broken=Breakage.NOT_YET_VALID), EDE_SIGNATURE_NOT_YET_VALID),
-    "norrsig.org.": (Signing(broken=Breakage.MISSING_RRSIG), EDE_RRSIGS_MISSING),
-    "dsmismatch.org.": (Signing(broken=Breakage.DS_MISMATCH), EDE_DNSKEY_MISSING),
+    "badsig.org.": (Signing(broken=Breakage.BAD_SIGNATURE), EDE.DNSSEC_BOGUS),
+    "expired.org.": (Signing(broken=Breakage.EXPIRED), EDE.SIGNATURE_EXPIRED),
+    "notyet.org.": (Signing(broken=Breakage.NOT_YET_VALID), EDE.SIGNATURE_NOT_YET_VALID),
+    "norrsig.org.": (Signing(broken=Breakage.MISSING_RRSIG), EDE.RRSIGS_MISSING),
+    # RFC 8914 §4.10: a DS exists, but no DNSKEY of the child matches it.
+    "dsmismatch.org.": (Signing(broken=Breakage.DS_MISMATCH), EDE.DNSKEY_MISSING),
 }
 T = dns.rdatatype
 MANY = 8  # names asked for at once in many.org
@@ -151,7 +150,7 @@ def types(section: list[dns.rrset.RRset]) -> set[str]:
             for r in section}
 
 
-def ede_codes(reply: dns.message.Message) -> list[int]:
+def ede_codes(reply: dns.message.Message) -> list[dns.edns.EDECode]:
     return [o.code for o in reply.options if o.otype == dns.edns.EDE]
 
 
@@ -162,7 +161,7 @@ def addresses(reply: dns.message.Message) -> list[str]:
 def assert_signed_by(section: list[dns.rrset.RRset], tree: Hierarchy, zone: str) -> None:
     """Every rrset in `section` but the RRSIGs verifies with `zone`'s keys (dnspython)."""
     origin = dns.name.from_text(zone)
-    keys = {origin: tree.signed_zone(zone).get(origin, T.DNSKEY)}
+    keys = {origin: tree.served_zone(zone).get(origin, T.DNSKEY)}
     checked = 0
     for rrset in section:
         if rrset.rdtype == T.RRSIG:
@@ -200,34 +199,34 @@ def test_keys_and_delegation_signer_are_secure(server, tree):
     assert_signed_by(ds.answer, tree, "net.")
 
 
-@pytest.mark.parametrize(("name", "proof"), [
-    ("nothing.example.org.", "NSEC"),
-    ("nothing.example.net.", "NSEC3"),
-    ("a.b.ent.example.net.", "NSEC3"),  # the closest encloser is an empty non-terminal
+@pytest.mark.parametrize(("name", "zone", "proof"), [
+    ("nothing.example.org.", "example.org.", "NSEC"),
+    ("nothing.example.net.", "example.net.", "NSEC3"),
+    ("a.b.ent.example.net.", "example.net.", "NSEC3"),  # closest encloser: an empty non-terminal
 ])
-def test_secure_nxdomain_carries_its_proof(server, tree, name, proof):
+def test_secure_nxdomain_carries_its_proof(server, tree, name, zone, proof):
     reply = ask(server, name)
     assert reply.rcode() == dns.rcode.NXDOMAIN and not reply.answer
     assert authentic(reply)
     assert types(reply.authority) == {"SOA", "RRSIG(SOA)", proof, f"RRSIG({proof})"}
-    assert_signed_by(reply.authority, tree, name.split(".", name.count(".") - 2)[-1])
+    assert_signed_by(reply.authority, tree, zone)
     # RFC 4035 §3.2.1: no proofs for a client that did not ask for DNSSEC records.
     plain = ask(server, name, do=False, ad=True)
     assert plain.rcode() == dns.rcode.NXDOMAIN and authentic(plain)
     assert types(plain.authority) == {"SOA"}
 
 
-@pytest.mark.parametrize(("name", "proof"), [
-    ("www.example.org", "NSEC"),
-    ("ent.example.org", "NSEC"),  # an empty non-terminal (RFC 4035 §3.1.3.2)
-    ("www.example.net", "NSEC3"),
+@pytest.mark.parametrize(("name", "zone", "proof"), [
+    ("www.example.org", "example.org.", "NSEC"),
+    ("ent.example.org", "example.org.", "NSEC"),  # an empty non-terminal (RFC 4035 §3.1.3.2)
+    ("www.example.net", "example.net.", "NSEC3"),
+    ("ent.example.net", "example.net.", "NSEC3"),
 ])
-def test_secure_nodata_carries_its_proof(server, tree, name, proof):
+def test_secure_nodata_carries_its_proof(server, tree, name, zone, proof):
     reply = ask(server, name, "AAAA")
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
     assert authentic(reply)
     assert types(reply.authority) == {"SOA", "RRSIG(SOA)", proof, f"RRSIG({proof})"}
-    zone = name.split(".", 1)[1] + "."
     assert_signed_by(reply.authority, tree, zone)
 
 
@@ -373,7 +372,7 @@ def test_checking_disabled_returns_bogus_data_without_ad(server):
     assert not authentic(reply) and reply.flags & dns.flags.CD
     # ... and what CD=1 fetched is not what a validating client is served.
     again = ask(server, "www.badsig.org")
-    assert again.rcode() == dns.rcode.SERVFAIL and ede_codes(again) == [EDE_DNSSEC_BOGUS]
+    assert again.rcode() == dns.rcode.SERVFAIL and ede_codes(again) == [EDE.DNSSEC_BOGUS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +380,7 @@ def test_checking_disabled_returns_bogus_data_without_ad(server):
 
 
 def test_a_dnskey_trust_anchor_works_like_a_ds(server_factory, tree, tmp_path):
-    root = tree.signed_zone(".")
+    root = tree.served_zone(".")
     keys = root.get(dns.name.root, T.DNSKEY)
     assert keys is not None
     anchor = tmp_path / "root.key"
@@ -404,4 +403,4 @@ def test_a_trust_anchor_that_matches_no_root_key_makes_everything_bogus(
     for name in ("www.example.org", "www.unsigned.org"):
         reply = ask(server, name)
         assert reply.rcode() == dns.rcode.SERVFAIL
-        assert ede_codes(reply) == [EDE_DNSKEY_MISSING]  # RFC 8914 §4.10: no key matches the DS
+        assert ede_codes(reply) == [EDE.DNSKEY_MISSING]

@@ -76,7 +76,7 @@ def test_referral_to_a_signed_child_carries_its_signed_ds(tree: Hierarchy) -> No
     reply = ask(tree, ORG, "www.example.org")
     assert reply.rcode() == dns.rcode.NOERROR and not reply.flags & dns.flags.AA
     assert not reply.answer and types(reply.authority) == ["DS", "NS", "RRSIG(DS)"]
-    verify(reply.authority, tree.signed_zone("org."))
+    verify(reply.authority, tree.served_zone("org."))
     assert [r.to_text() for r in reply.additional if r.rdtype == T.A] == [
         f"ns1.example.org. 3600 IN A {LEAF}"
     ]
@@ -91,7 +91,7 @@ def test_referral_to_an_unsigned_child_proves_there_is_no_ds(tree: Hierarchy) ->
     assert nsec.name == dns.name.from_text("unsigned.org.") and "DS" not in nsec.to_text()
     assert not reply.additional or all(r.rdtype == T.OPT for r in reply.additional)  # glueless
     # RFC 5155 §7.2.7: under opt-out, the closest provable encloser and an opt-out span.
-    net = tree.signed_zone("net.")
+    net = tree.served_zone("net.")
     nsec3 = ask(tree, NET, "www.unsigned.net")
     assert owners(nsec3.authority, T.NSEC3) == {
         net.nsec3_matching(net.origin), net.nsec3_covering(dns.name.from_text("unsigned.net."))
@@ -111,12 +111,12 @@ def test_ds_at_a_cut_is_answered_by_the_parent(tree: Hierarchy) -> None:
 def test_keys_at_the_apex(tree: Hierarchy) -> None:
     reply = ask(tree, LEAF, "example.org", "DNSKEY")
     assert types(reply.answer) == ["DNSKEY", "RRSIG(DNSKEY)"]
-    verify(reply.answer, tree.signed_zone("example.org."))
+    verify(reply.answer, tree.served_zone("example.org."))
     assert types(ask(tree, LEAF, "example.org", "DNSKEY", do=False).answer) == ["DNSKEY"]
 
 
 def test_answers_nxdomain_and_nodata_with_proofs_only_for_do(tree: Hierarchy) -> None:
-    zone = tree.signed_zone("example.org.")
+    zone = tree.served_zone("example.org.")
     answer = ask(tree, LEAF, "www.example.org")
     assert answer.flags & dns.flags.AA and types(answer.answer) == ["A", "RRSIG(A)"]
     nxdomain = ask(tree, LEAF, "nothing.example.org")
@@ -143,7 +143,7 @@ def test_wildcard_expansion_with_the_proof_the_name_does_not_exist(tree: Hierarc
     (sig,) = [r for r in reply.answer if r.rdtype == T.RRSIG]
     assert sig[0].labels == 3  # RFC 4034 §3.1.3: the labels of *.wild.example.org
     assert types(reply.authority) == ["NSEC3", "RRSIG(NSEC3)"]
-    verify(reply.answer + reply.authority, tree.signed_zone("example.org."))
+    verify(reply.answer + reply.authority, tree.served_zone("example.org."))
 
 
 def test_cname_and_dname_are_followed_inside_the_server(tree: Hierarchy) -> None:
@@ -163,7 +163,7 @@ def test_names_outside_the_servers_zones_are_refused(tree: Hierarchy) -> None:
 
 def test_a_signed_root_gives_a_trust_anchor(tree: Hierarchy, tmp_path) -> None:
     text = tree.trust_anchor_path(tmp_path).read_text()
-    keys = tree.signed_zone(".").get(dns.name.root, T.DNSKEY)
+    keys = tree.served_zone(".").get(dns.name.root, T.DNSKEY)
     assert keys is not None
     ksk = next(k for k in keys if k.flags == 257)
     assert text == f". 300 IN DS {dns.dnssec.make_ds(dns.name.root, ksk, 'SHA256')}\n"
