@@ -33,6 +33,7 @@ ns.insecure.example.org. 3600 IN A 192.0.2.53
 """.format(digest="ab" * 32)
 NOW = time.time()
 
+DEFAULT = Signing()
 VARIANTS = {
     "nsec-ksk-zsk": Signing(),
     "nsec3-ed25519-csk": Signing(algorithm=dns.dnssec.Algorithm.ED25519, csk=True, nsec3=True),
@@ -42,9 +43,6 @@ VARIANTS = {
 
 def N(text: str) -> dns.name.Name:
     return dns.name.from_text(text, ORIGIN)
-
-
-DEFAULT = Signing()
 
 
 def signed(signing: Signing | None = DEFAULT, keys: ZoneKeys | None = None) -> Zone:
