@@ -6,15 +6,18 @@ Nothing here is imported by the server itself; everything binds or talks to loop
 from fastdns._testing.authority import Hierarchy
 from fastdns._testing.fake_upstream import MODES, AnswerFn, FakeUpstream, QueryRecord, free_port
 from fastdns._testing.server_process import ServerProcess, ServerStartError, query
+from fastdns._testing.zonesign import Breakage, Signing
 
 __all__ = [
     "MODES",
     "AnswerFn",
+    "Breakage",
     "FakeUpstream",
     "Hierarchy",
     "QueryRecord",
     "ServerProcess",
     "ServerStartError",
+    "Signing",
     "free_port",
     "query",
 ]

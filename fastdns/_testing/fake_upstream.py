@@ -38,7 +38,7 @@ from fastdns.resolve.upstream import format_address
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["MODES", "AnswerFn", "FakeUpstream", "QueryRecord", "free_port"]
+__all__ = ["MODES", "AnswerFn", "FakeUpstream", "QueryRecord", "free_port", "parse_records"]
 
 MODES = frozenset(
     {"answer", "silent", "garbage", "servfail", "refused", "formerr", "wrong_id", "wrong_question"}
@@ -182,6 +182,32 @@ def _read_rrsets(owner: dns.name.Name, text: str, origin: dns.name.Name) -> list
     )
 
 
+def parse_records(*lines: str) -> list[dns.rrset.RRset]:
+    """RRsets from zone-file presentation lines (several args or multi-line text).
+
+    Owner names are absolute (relative ones hang off the root); a blank owner repeats the
+    previous one; lines without a TTL get 300 s. Raises ValueError on text it cannot parse.
+    """
+    # Dedent each argument so triple-quoted, indented blocks in test code work.
+    text = "\n".join(textwrap.dedent(line) for line in lines)
+    rrsets: list[dns.rrset.RRset] = []
+    owner: dns.name.Name | None = None
+    try:
+        for record in _split_records(text):
+            if record[0].isspace():
+                # RFC 1035 §5.1: a blank owner field repeats the previous owner.
+                if owner is None:
+                    raise ValueError("the first record has no owner name")
+                rest = record
+            else:
+                owner_text, rest = (record.split(None, 1) + [""])[:2]
+                owner = dns.name.from_text(owner_text, dns.name.root)
+            rrsets.extend(_read_record(owner, rest))
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise ValueError(f"cannot parse records {text!r}: {exc}") from exc
+    return rrsets
+
+
 class _TcpConn:
     """One accepted TCP connection: RFC 1035 §4.2.2 frames in, framed replies out."""
 
@@ -261,7 +287,7 @@ class FakeUpstream:
         Lines without a TTL get 300 s. Records with the same owner, class and type are merged
         into one RRset. Returns self so calls chain.
         """
-        rrsets = self._parse(lines)
+        rrsets = parse_records(*lines)
         with self._lock:
             for rrset in rrsets:
                 self._add(rrset)
@@ -273,7 +299,7 @@ class FakeUpstream:
         NXDOMAIN and NODATA replies carry the SOA of the longest zone containing the name in
         their authority section (RFC 2308 §3), with the TTL exactly as given here.
         """
-        rrsets = self._parse(lines)
+        rrsets = parse_records(*lines)
         for rrset in rrsets:
             if rrset.rdtype != dns.rdatatype.SOA:
                 raise ValueError(f"zone_soa() takes SOA records only, got {rrset.to_text()!r}")
@@ -301,27 +327,6 @@ class FakeUpstream:
         """
         self._answer_fn = fn
         return self
-
-    @staticmethod
-    def _parse(lines: tuple[str, ...]) -> list[dns.rrset.RRset]:
-        # Dedent each argument so triple-quoted, indented blocks in test code work.
-        text = "\n".join(textwrap.dedent(line) for line in lines)
-        rrsets: list[dns.rrset.RRset] = []
-        owner: dns.name.Name | None = None
-        try:
-            for record in _split_records(text):
-                if record[0].isspace():
-                    # RFC 1035 §5.1: a blank owner field repeats the previous owner.
-                    if owner is None:
-                        raise ValueError("the first record has no owner name")
-                    rest = record
-                else:
-                    owner_text, rest = (record.split(None, 1) + [""])[:2]
-                    owner = dns.name.from_text(owner_text, dns.name.root)
-                rrsets.extend(_read_record(owner, rest))
-        except (dns.exception.DNSException, ValueError) as exc:
-            raise ValueError(f"cannot parse records {text!r}: {exc}") from exc
-        return rrsets
 
     def _add(self, rrset: dns.rrset.RRset) -> None:
         node = self._rrsets.setdefault(rrset.name, {})

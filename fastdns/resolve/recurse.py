@@ -232,6 +232,7 @@ class Recursor:
         that does not exist is NXDOMAIN with the CNAME in the answer.
         """
         chain: list[dns.rrset.RRset] = []
+        proofs: list[dns.rrset.RRset] = []  # the denial records that came with the links
         seen = {qname}
         name = qname
         while True:
@@ -246,15 +247,20 @@ class Recursor:
                 seen.add(target)
             chain += rrsets
             if found or (end == name and step.kind in ("nxdomain", "nodata")):
-                return _Outcome(step.server, _assemble(qname, qtype, chain, step.message, found))
+                return _Outcome(step.server,
+                                _assemble(qname, qtype, chain, step.message, found, proofs))
             if end == name:
                 raise RecursionFailed(f"{step.server} answered {name} without its data")
             if step.message.rcode() == dns.rcode.NXDOMAIN and end.is_subdomain(step.zone):
                 # The server chased the chain inside its zone: the last target does not exist.
                 # About names outside its zone its rcode means nothing (bailiwick).
-                return _Outcome(step.server, _assemble(qname, qtype, chain, step.message, found))
+                return _Outcome(step.server,
+                                _assemble(qname, qtype, chain, step.message, found, proofs))
             if len(seen) > MAX_CNAME_CHAIN:
                 raise RecursionFailed(f"CNAME chain longer than {MAX_CNAME_CHAIN}")
+            # RFC 4035 §3.1.3.3: a link made from a wildcard comes with the proof that its
+            # owner does not exist, whichever response ends the chain.
+            proofs += _denials(step.message.authority, (_RD.NSEC, _RD.NSEC3))
             budget.spend(f"CNAME to {end}")
             name = end
 
@@ -543,8 +549,9 @@ def _follow(message: dns.message.Message, qname: dns.name.Name,
     out: list[dns.rrset.RRset] = []
     name = qname
     for _ in range(MAX_CNAME_CHAIN + 1):
+        # RRSIGs go with the data they cover, unless they are what was asked for.
         data = [r for r in answer if r.name == name and (r.rdtype == qtype or qtype == _RD.ANY)
-                and r.rdtype != _RD.RRSIG]
+                and (r.rdtype != _RD.RRSIG or qtype == _RD.RRSIG)]
         if data:
             out += data + _signatures(answer, name, {r.rdtype for r in data})
             return out, name, True
@@ -571,26 +578,32 @@ def _signatures(section: list[dns.rrset.RRset], name: dns.name.Name,
 
 
 def _assemble(qname: dns.name.Name, qtype: int, chain: list[dns.rrset.RRset],
-              last: dns.message.Message, final: bool) -> dns.message.Message:
+              last: dns.message.Message, final: bool,
+              proofs: list[dns.rrset.RRset]) -> dns.message.Message:
     """The reply a client gets: the chain of answers; for a negative end, the SOA and the
-    denial proofs of the last response (RFC 2308 §3, RFC 4035 §3.1.3)."""
+    denial proofs of the last response (RFC 2308 §3, RFC 4035 §3.1.3); and the `proofs`
+    that came with earlier links of the chain."""
     reply = dns.message.Message()
     reply.flags = dns.flags.QR | dns.flags.RA
     reply.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, _RD.RdataType.make(qtype))]
     reply.answer = list(chain)
     if final:
         # Wildcard answers carry the proof that the exact name does not exist (RFC 4035 §3.1.3.3).
-        reply.authority = [r for r in last.authority
-                           if r.rdtype in (_RD.NSEC, _RD.NSEC3)
-                           or (r.rdtype == _RD.RRSIG and r.covers in (_RD.NSEC, _RD.NSEC3))]
+        reply.authority = _denials(last.authority, (_RD.NSEC, _RD.NSEC3))
         reply.set_rcode(dns.rcode.NOERROR)
     else:
-        reply.authority = [r for r in last.authority
-                           if r.rdtype in (_RD.SOA, _RD.NSEC, _RD.NSEC3)
-                           or (r.rdtype == _RD.RRSIG and r.covers in
-                               (_RD.SOA, _RD.NSEC, _RD.NSEC3))]
+        reply.authority = _denials(last.authority, (_RD.SOA, _RD.NSEC, _RD.NSEC3))
         reply.set_rcode(last.rcode())
+    for rrset in proofs:
+        if rrset not in reply.authority:
+            reply.authority.append(rrset)
     return reply
+
+
+def _denials(section: list[dns.rrset.RRset], rdtypes: tuple[int, ...]) -> list[dns.rrset.RRset]:
+    """The records of `rdtypes` in `section`, with the RRSIGs over them."""
+    return [r for r in section
+            if r.rdtype in rdtypes or (r.rdtype == _RD.RRSIG and r.covers in rdtypes)]
 
 
 def name_wire(name: dns.name.Name) -> bytes:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dns.flags
@@ -27,7 +28,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fastdns._testing import FakeUpstream, ServerProcess, query
+from fastdns._testing import FakeUpstream, Hierarchy, ServerProcess, query
 
 # A server must answer well inside this; failures only (never speed assertions).
 CLIENT_TIMEOUT_S = 5.0
@@ -117,6 +118,22 @@ def config(*upstreams: Any, **sections: Any) -> dict[str, Any]:
     """A server config: these upstreams, small resolver budgets, then `sections` merged over."""
     base: dict[str, Any] = {"upstream_servers": list(upstreams), "resolver": dict(RESOLVER)}
     return deep_merge(base, sections)
+
+
+def recursive_config(tree: Hierarchy, directory: Path, **resolver: Any) -> dict[str, Any]:
+    """A server config that recurses from `tree`'s root on loopback (budgets a client's 6 s
+    wait covers), with `resolver` settings merged over."""
+    return {
+        "resolver": {
+            "mode": "recursive",
+            "root_hints": str(tree.root_hints_path(directory)),
+            "query_loopback": True,
+            "nameserver_port": tree.port,
+            "timeout_s": 3.0,
+            "retry_interval_s": 0.3,
+            **resolver,
+        }
+    }
 
 
 def ask(

@@ -16,6 +16,8 @@ import pytest
 
 from fastdns._testing import Hierarchy, ServerProcess
 
+from . import recursive_config
+
 ROOT, ORG, EXAMPLE, NET, SECOND = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"
 EXAMPLE_NET = "127.0.0.7"
 
@@ -59,18 +61,7 @@ Make = Callable[..., ServerProcess]
 
 
 def _start(server_factory: Make, tree: Hierarchy, tmp_path: Path, **resolver: Any) -> ServerProcess:
-    config = {
-        "resolver": {
-            "mode": "recursive",
-            "root_hints": str(tree.root_hints_path(tmp_path)),
-            "query_loopback": True,
-            "nameserver_port": tree.port,
-            "timeout_s": 3.0,
-            "retry_interval_s": 0.3,
-            **resolver,
-        }
-    }
-    return server_factory(config)
+    return server_factory(recursive_config(tree, tmp_path, **resolver))
 
 
 def _ask(server: ServerProcess, name: str, qtype: str = "A", **kw: Any) -> dns.message.Message:
