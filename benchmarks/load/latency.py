@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.load import blast, dnsperf
 from benchmarks.load.procs import BenchError, ProcessGroup
 from benchmarks.load.report import Spread, _fmt, columns
-from benchmarks.load.runner import Bench, _git, _log, bench_session
+from benchmarks.load.runner import Bench, _git, _log
 from benchmarks.load.servers import RESOLVERS, Resolver
 
 PEAK_SERVER = RESOLVERS["fastdns"]
@@ -125,57 +125,55 @@ def _table(results: dict[str, list[LatencyRun]], ratios: dict[str, dict[str, flo
     return columns(rows, left=1)
 
 
-def run(args: argparse.Namespace, resolvers: list[Resolver], versions: dict[str, str]) -> int:
-    """The --latency-at-half-peak mode of ``python -m benchmarks.load``."""
+def _measure(bench: LatencyBench, resolvers: list[Resolver], rate: int,
+             versions: dict[str, str]) -> dict[str, list[LatencyRun]]:
+    """Every resolver at ``rate``, ``--repeat`` times, one repeat over all of them at a time."""
+    args = bench.args
+    results: dict[str, list[LatencyRun]] = {resolver.name: [] for resolver in resolvers}
+    for index in range(args.repeat):
+        for resolver in resolvers:
+            if resolver.name not in results:
+                continue  # failed in an earlier repeat
+            try:
+                latency = bench.at_rate(resolver, rate, index)
+            except BenchError as exc:
+                # One broken server must not cost the comparison with the others.
+                _log(f"skipping {resolver.name}: {exc}")
+                del results[resolver.name]
+                versions.pop(resolver.name, None)
+                continue
+            _log(f"{resolver.name} run {index + 1}/{args.repeat}: "
+                 f"{latency.qps:,.0f} qps, avg {latency.avg:.3f} ms, "
+                 f"p99 {latency.p99:.3f} ms, max {latency.max:.2f} ms, "
+                 f"lost {latency.lost_pct:.2f}%, server {latency.server_cpu_pct:.0f}% "
+                 f"/ dnsperf {latency.dnsperf_cpu_pct:.0f}% cpu")
+            if latency.qps < REACHED_PCT / 100 * rate:
+                _log(f"  note: the rate reached is below {REACHED_PCT}% of {rate:,}: "
+                     "the server (or dnsperf, see its cpu %) could not keep up")
+            results[resolver.name].append(latency)
+    return results
+
+
+def run(args: argparse.Namespace, resolvers: list[Resolver], versions: dict[str, str],
+        workdir: Path, procs: ProcessGroup) -> int:
+    """The --latency-at-half-peak mode of ``python -m benchmarks.load``, inside its session
+    (which stops every process it started, and reports a BenchError)."""
     if shutil.which("dnsperf") is None:
-        _log("benchmarks.load: dnsperf is not installed")
-        return 2
+        raise BenchError("dnsperf is not installed")
     if args.peak_qps is None:
         reason = PEAK_SERVER.missing_reason()
         if reason:
-            _log(f"benchmarks.load: cannot measure fastdns's peak ({reason}); give --peak-qps")
-            return 1
+            raise BenchError(f"cannot measure fastdns's peak ({reason}); give --peak-qps")
         versions["blast"] = blast.version()
     versions["dnsperf"] = dnsperf.dnsperf_version()
-    results: dict[str, list[LatencyRun]] = {resolver.name: [] for resolver in resolvers}
-    peaks: list[float] = []
-    try:
-        with bench_session("fastdns-latency-") as (workdir, procs):
-            bench = LatencyBench(args, workdir, procs)
-            bench.start_upstream()
-            peaks = [] if args.peak_qps is not None else bench.peak_qps()
-            peak = args.peak_qps or statistics.median(peaks)
-            rate = max(1, int(peak / 2))
-            _log(f"fastdns peak {peak:,.0f} qps; every server now gets {rate:,} qps "
-                 f"({args.duration:g} s, dnsperf -c {args.clients} -q {args.outstanding})")
-            for index in range(args.repeat):
-                for resolver in resolvers:
-                    if resolver.name not in results:
-                        continue  # failed in an earlier repeat
-                    try:
-                        latency = bench.at_rate(resolver, rate, index)
-                    except BenchError as exc:
-                        # One broken server must not cost the comparison with the others.
-                        _log(f"skipping {resolver.name}: {exc}")
-                        del results[resolver.name]
-                        versions.pop(resolver.name, None)
-                        continue
-                    _log(f"{resolver.name} run {index + 1}/{args.repeat}: "
-                         f"{latency.qps:,.0f} qps, avg {latency.avg:.3f} ms, "
-                         f"p99 {latency.p99:.3f} ms, max {latency.max:.2f} ms, "
-                         f"lost {latency.lost_pct:.2f}%, server {latency.server_cpu_pct:.0f}% "
-                         f"/ dnsperf {latency.dnsperf_cpu_pct:.0f}% cpu")
-                    if latency.qps < REACHED_PCT / 100 * rate:
-                        _log(f"  note: the rate reached is below {REACHED_PCT}% of {rate:,}: "
-                             "the server (or dnsperf, see its cpu %) could not keep up")
-                    results[resolver.name].append(latency)
-    except BenchError as exc:
-        _log(f"benchmarks.load: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        _log("benchmarks.load: interrupted; stopping everything it started")
-        return 130
-
+    bench = LatencyBench(args, workdir, procs)
+    bench.start_upstream()
+    peaks = [] if args.peak_qps is not None else bench.peak_qps()
+    peak = args.peak_qps or statistics.median(peaks)
+    rate = max(1, int(peak / 2))
+    _log(f"fastdns peak {peak:,.0f} qps; every server now gets {rate:,} qps "
+         f"({args.duration:g} s, dnsperf -c {args.clients} -q {args.outstanding})")
+    results = _measure(bench, resolvers, rate, versions)
     ratios = _ratios(results)
     if args.json:
         status = _git("status", "--porcelain")

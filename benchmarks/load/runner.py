@@ -357,12 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     _warn_if_busy(args)
-    if args.latency_at_half_peak:
-        from benchmarks.load import latency
-        return latency.run(args, resolvers, versions)
     results: list[Result] = []
     try:
         with bench_session("fastdns-load-") as (workdir, procs):
+            if args.latency_at_half_peak:
+                from benchmarks.load import latency
+                return latency.run(args, resolvers, versions, workdir, procs)
             bench = Bench(args, workdir, procs)
             bench.start_upstream()
             for resolver in resolvers:
