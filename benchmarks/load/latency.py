@@ -25,14 +25,14 @@ from pathlib import Path
 
 from benchmarks.load import blast, dnsperf
 from benchmarks.load.procs import BenchError, ProcessGroup
-from benchmarks.load.report import Spread, _fmt, columns
+from benchmarks.load.report import Spread, _fmt, _round, columns
 from benchmarks.load.runner import Bench, _git, _log
 from benchmarks.load.servers import RESOLVERS, Resolver
 
 PEAK_SERVER = RESOLVERS["fastdns"]
 WORKLOAD = "cached"
-LATENCIES = ("avg", "p50", "p99", "p999", "max", "stddev")  # the LatencyRun fields, in ms
-VS_UNBOUND = ("avg", "p99", "max")
+LATENCIES = ("avg_ms", "p50_ms", "p99_ms", "p999_ms", "max_ms", "stddev_ms")
+VS_UNBOUND = ("avg_ms", "p99_ms", "max_ms")
 REACHED_PCT = 97  # below this share of the target rate, say so: the figures are not at it
 
 
@@ -41,12 +41,12 @@ class LatencyRun:
     target_qps: int
     qps: float
     lost_pct: float
-    avg: float
-    p50: float
-    p99: float
-    p999: float
-    max: float
-    stddev: float
+    avg_ms: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    stddev_ms: float
     server_cpu_pct: float
     dnsperf_cpu_pct: float
     other_on_server_cpu_pct: float
@@ -85,10 +85,10 @@ class LatencyBench(Bench):
         load = self.last_load
         assert load is not None
         return LatencyRun(
-            target_qps=rate, qps=run.qps, lost_pct=run.lost_pct, avg=run.avg_latency_ms,
-            p50=load.p50_latency_s * 1e3, p99=load.p99_latency_s * 1e3,
-            p999=load.p999_latency_s * 1e3, max=run.max_latency_ms,
-            stddev=load.stddev_latency_s * 1e3, server_cpu_pct=run.server_cpu_pct,
+            target_qps=rate, qps=run.qps, lost_pct=run.lost_pct, avg_ms=run.avg_latency_ms,
+            p50_ms=load.p50_latency_s * 1e3, p99_ms=load.p99_latency_s * 1e3,
+            p999_ms=load.p999_latency_s * 1e3, max_ms=run.max_latency_ms,
+            stddev_ms=load.stddev_latency_s * 1e3, server_cpu_pct=run.server_cpu_pct,
             dnsperf_cpu_pct=run.dnsperf_cpu_pct,
             other_on_server_cpu_pct=run.other_on_server_cpu_pct)
 
@@ -110,16 +110,16 @@ def _ratios(results: dict[str, list[LatencyRun]]) -> dict[str, dict[str, float]]
 def _table(results: dict[str, list[LatencyRun]], ratios: dict[str, dict[str, float]]) -> str:
     rows = [["server", "qps", "lost %", "avg ms", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
              "stddev ms", "srv cpu %", "dnsperf cpu %"]
-            + [f"{field} vs unbound" for field in VS_UNBOUND]]
+            + [f"{field.removesuffix('_ms')} vs unbound" for field in VS_UNBOUND]]
     for server, runs in results.items():
         if not runs:
             continue
         ratio = ratios.get(server, {})
         rows.append([
             server, _fmt(_spread(runs, "qps"), 0), _fmt(_spread(runs, "lost_pct"), 2),
-            _fmt(_spread(runs, "avg"), 3), f"{_spread(runs, 'p50').median:.3f}",
-            _fmt(_spread(runs, "p99"), 3), f"{_spread(runs, 'p999').median:.3f}",
-            _fmt(_spread(runs, "max"), 2), f"{_spread(runs, 'stddev').median:.3f}",
+            _fmt(_spread(runs, "avg_ms"), 3), f"{_spread(runs, 'p50_ms').median:.3f}",
+            _fmt(_spread(runs, "p99_ms"), 3), f"{_spread(runs, 'p999_ms').median:.3f}",
+            _fmt(_spread(runs, "max_ms"), 2), f"{_spread(runs, 'stddev_ms').median:.3f}",
             _fmt(_spread(runs, "server_cpu_pct"), 0), _fmt(_spread(runs, "dnsperf_cpu_pct"), 0),
         ] + [f"{ratio[field]:.2f}x" if field in ratio else "-" for field in VS_UNBOUND])
     return columns(rows, left=1)
@@ -143,8 +143,8 @@ def _measure(bench: LatencyBench, resolvers: list[Resolver], rate: int,
                 versions.pop(resolver.name, None)
                 continue
             _log(f"{resolver.name} run {index + 1}/{args.repeat}: "
-                 f"{latency.qps:,.0f} qps, avg {latency.avg:.3f} ms, "
-                 f"p99 {latency.p99:.3f} ms, max {latency.max:.2f} ms, "
+                 f"{latency.qps:,.0f} qps, avg {latency.avg_ms:.3f} ms, "
+                 f"p99 {latency.p99_ms:.3f} ms, max {latency.max_ms:.2f} ms, "
                  f"lost {latency.lost_pct:.2f}%, server {latency.server_cpu_pct:.0f}% "
                  f"/ dnsperf {latency.dnsperf_cpu_pct:.0f}% cpu")
             if latency.qps < REACHED_PCT / 100 * rate:
@@ -160,6 +160,8 @@ def run(args: argparse.Namespace, resolvers: list[Resolver], versions: dict[str,
     (which stops every process it started, and reports a BenchError)."""
     if shutil.which("dnsperf") is None:
         raise BenchError("dnsperf is not installed")
+    if args.peak_qps is not None and args.peak_qps < 2:
+        raise BenchError("--peak-qps must be at least 2")
     if args.peak_qps is None:
         reason = PEAK_SERVER.missing_reason()
         if reason:
@@ -169,7 +171,7 @@ def run(args: argparse.Namespace, resolvers: list[Resolver], versions: dict[str,
     bench = LatencyBench(args, workdir, procs)
     bench.start_upstream()
     peaks = [] if args.peak_qps is not None else bench.peak_qps()
-    peak = args.peak_qps or statistics.median(peaks)
+    peak = args.peak_qps if args.peak_qps is not None else statistics.median(peaks)
     rate = max(1, int(peak / 2))
     _log(f"fastdns peak {peak:,.0f} qps; every server now gets {rate:,} qps "
          f"({args.duration:g} s, dnsperf -c {args.clients} -q {args.outstanding})")
@@ -188,9 +190,11 @@ def run(args: argparse.Namespace, resolvers: list[Resolver], versions: dict[str,
             print(json.dumps({
                 "benchmark": "load.latency", "server": server, "workload": WORKLOAD,
                 "target_qps": rate, "peak_qps": asdict(Spread.of(peaks)) if peaks else peak,
-                **{f"{field}_ms": asdict(_spread(runs, field)) for field in LATENCIES},
+                **{field: asdict(_spread(runs, field)) for field in LATENCIES},
                 "qps": asdict(_spread(runs, "qps")), "lost_pct": asdict(_spread(runs, "lost_pct")),
-                "vs_unbound": ratios.get(server), "runs": [asdict(run) for run in runs],
+                "vs_unbound": ratios.get(server),
+                "runs": [{k: _round(v) if isinstance(v, float) else v
+                          for k, v in asdict(run).items()} for run in runs],
                 **meta}), flush=True)
     else:
         spread = Spread.of(peaks)
