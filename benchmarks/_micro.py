@@ -1,4 +1,9 @@
-"""Shared helpers of the micro-benchmarks: timing with timeit.autorange, table and JSON output."""
+"""Shared helpers of the micro-benchmarks: the Case a workload module builds, timing with
+timeit.autorange, table and JSON output.
+
+A `bench_*` module builds its workloads once, as a list of `Case`s; `python -m` runs them
+here with timeit, and `benchmarks/test_micro.py` hands the same callables to pytest-benchmark.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,20 @@ class Result:
         if self.comparator_ns is None:
             return None
         return self.comparator_ns / self.ns_per_call
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One operation to time, and the same job done by a comparator library (if there is one)."""
+
+    name: str
+    fn: Callable[[], object]
+    comparator: str | None = None
+    comparator_fn: Callable[[], object] | None = None
+
+    def measure(self) -> Result:
+        comparator_ns = None if self.comparator_fn is None else time_call(self.comparator_fn)
+        return Result(self.name, time_call(self.fn), self.comparator, comparator_ns)
 
 
 def time_call(fn: Callable[[], object], repeat: int = 5) -> float:

@@ -9,18 +9,22 @@ import itertools
 import struct
 from collections import OrderedDict
 
-from benchmarks._micro import Result, report, time_call, wants_json
+from benchmarks._micro import Case, report, wants_json
 from fastdns._lru import LruCache
 
 WIRE = bytes(64)
 OFFSETS = struct.pack("=H", 40)
+SIZES = (10_000, 1_000_000)
+OPERATIONS = ("get hit", "put replace", "put with eviction")
 
 
 def key(i: int) -> bytes:
-    return b"\x04name" + str(i).encode() + b"\x07example\x03org\x00\x00\x01\x00\x01\x00"
+    # Fixed width, so every entry costs the same bytes and a full cache evicts one per insert.
+    return b"\x0ename" + b"%010d" % i + b"\x07example\x03org\x00\x00\x01\x00\x01\x00"
 
 
-def bench(n: int) -> list[Result]:
+def cases(n: int) -> dict[str, Case]:
+    """OPERATIONS (the keys) on a cache holding n entries, each with its OrderedDict twin."""
     keys = [key(i) for i in range(n)]
     lru = LruCache(1 << 34)
     od: OrderedDict[bytes, bytes] = OrderedDict()
@@ -28,6 +32,12 @@ def bench(n: int) -> list[Result]:
         lru.put(k, WIRE, OFFSETS, 0.0, 3600.0)
         od[k] = WIRE
     cycle = itertools.cycle(keys)
+    # A second pair, exactly full at n entries: each new key evicts the least recently used.
+    full = LruCache(lru.bytes_used)
+    for k in keys:
+        full.put(k, WIRE, OFFSETS, 0.0, 3600.0)
+    full_od = od.copy()
+    fresh = (key(i) for i in itertools.count(n))
 
     def od_get() -> None:
         k = next(cycle)
@@ -39,20 +49,21 @@ def bench(n: int) -> list[Result]:
         od[k] = WIRE
         od.move_to_end(k)
 
-    small = LruCache(200 * 1024)  # forces an eviction on nearly every insert
-    fresh = (key(i) for i in itertools.count(n))
-    return [
-        Result(f"get hit ({n:,} entries)", time_call(lambda: lru.get(next(cycle), 1.0)),
-               "OrderedDict", time_call(od_get)),
-        Result(f"put replace ({n:,} entries)",
-               time_call(lambda: lru.put(next(cycle), WIRE, OFFSETS, 1.0, 3600.0)),
-               "OrderedDict", time_call(od_set)),
-        Result("put with eviction", time_call(lambda: small.put(next(fresh), WIRE, OFFSETS, 1.0, 60.0))),
-    ]
+    def od_evict() -> None:
+        full_od[next(fresh)] = WIRE
+        full_od.popitem(last=False)
+
+    operations = {
+        "get hit": (lambda: lru.get(next(cycle), 1.0), od_get),
+        "put replace": (lambda: lru.put(next(cycle), WIRE, OFFSETS, 1.0, 3600.0), od_set),
+        "put with eviction": (lambda: full.put(next(fresh), WIRE, OFFSETS, 1.0, 3600.0), od_evict),
+    }
+    return {op: Case(f"{op} ({n:,} entries)", fn, "OrderedDict", od_fn)
+            for op, (fn, od_fn) in operations.items()}
 
 
 def main() -> None:
-    report(bench(10_000) + bench(1_000_000), wants_json())
+    report([case.measure() for n in SIZES for case in cases(n).values()], wants_json())
 
 
 if __name__ == "__main__":

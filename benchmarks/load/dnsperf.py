@@ -2,11 +2,15 @@
 
 Owns the two workloads' query files (1000 repeated names for "cached"; millions of
 distinct names, each sent at most once, for "uncached") and turning dnsperf's report
-into numbers. It must only ever point dnsperf at 127.0.0.1.
+(and, with ``-v``, its line per query) into numbers. It must only ever point dnsperf at
+127.0.0.1.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import os
 import re
 import shutil
@@ -52,7 +56,6 @@ def write_zipf_queries(path: Path, zone: str, names: int, count: int, s: float,
                        seed: int) -> list[int]:
     """``count`` queries drawn from ``names`` names with Zipf exponent ``s`` (rank 1 =
     ``z0``); returns the drawn ranks so the caller can tell first sends from repeats."""
-    import itertools
     import random
 
     weights = itertools.accumulate((i + 1) ** -s for i in range(names))
@@ -70,7 +73,8 @@ def write_named_queries(path: Path, zone: str, names: int) -> Path:
 
 def command(*, port: int, queryfile: Path, duration: float | None, clients: int,
             outstanding: int, max_qps: int | None, runs: int | None,
-            tcp: bool = False) -> list[str]:
+            tcp: bool = False, verbose: bool = False) -> list[str]:
+    """``verbose``: ``-v``, a line per query with its latency, for percentiles."""
     argv = ["dnsperf", "-s", LOOPBACK, "-p", str(port), "-d", str(queryfile),
             "-c", str(clients), "-T", "1", "-q", str(outstanding), "-t", "5"]
     if tcp:
@@ -81,6 +85,8 @@ def command(*, port: int, queryfile: Path, duration: float | None, clients: int,
         argv += ["-n", str(runs)]
     if max_qps:
         argv += ["-Q", str(max_qps)]
+    if verbose:
+        argv.append("-v")
     return argv
 
 
@@ -101,6 +107,11 @@ class DnsperfReport:
     repeats: int = 0
     noerror_without_answer: int = 0
     retried: int = 0
+    # dnsperf only: its "Latency StdDev" line, and percentiles from the lines ``-v`` prints.
+    stddev_latency_s: float = math.nan
+    p50_latency_s: float = math.nan
+    p99_latency_s: float = math.nan
+    p999_latency_s: float = math.nan
 
 
 def _number(pattern: str, text: str) -> float:
@@ -108,6 +119,26 @@ def _number(pattern: str, text: str) -> float:
     if match is None:
         raise BenchError(f"dnsperf output has no match for {pattern!r}:\n{text[-2000:]}")
     return float(match.group(1))
+
+
+def latency_percentiles(text: str, percents: tuple[float, ...]) -> list[float]:
+    """Nearest-rank percentiles (seconds) of the latencies in ``-v`` lines, which read
+    ``> NOERROR host1.bench.example. A 0.000207``; a lost query's line (``> T ...``) has
+    none. NaN for each when there are no such lines."""
+    counts: dict[int, int] = {}  # microseconds (dnsperf prints six decimals) -> queries
+    for line in text.splitlines():
+        if line.startswith("> ") and not line.startswith("> T "):
+            try:
+                us = round(float(line.rsplit(None, 1)[1]) * 1e6)
+            except (IndexError, ValueError):
+                continue
+            counts[us] = counts.get(us, 0) + 1
+    if not counts:
+        return [math.nan] * len(percents)
+    latencies = sorted(counts)
+    cumulative = list(itertools.accumulate(counts[us] for us in latencies))
+    ranks = [max(1, math.ceil(p / 100 * cumulative[-1])) for p in percents]
+    return [latencies[bisect.bisect_left(cumulative, rank)] / 1e6 for rank in ranks]
 
 
 def parse(text: str) -> DnsperfReport:
@@ -123,6 +154,8 @@ def parse(text: str) -> DnsperfReport:
         avg = low = high = float("nan")
     else:
         avg, low, high = (float(g) for g in latency.groups())
+    stddev = re.search(r"Latency StdDev \(s\):\s+([\d.]+)", text)
+    p50, p99, p999 = latency_percentiles(text, (50, 99, 99.9))
     return DnsperfReport(
         sent=int(_number(r"Queries sent:\s+(\d+)", text)),
         completed=int(_number(r"Queries completed:\s+(\d+)", text)),
@@ -130,4 +163,6 @@ def parse(text: str) -> DnsperfReport:
         run_time_s=_number(r"Run time \(s\):\s+([\d.]+)", text),
         qps=_number(r"Queries per second:\s+([\d.]+)", text),
         avg_latency_s=avg, min_latency_s=low, max_latency_s=high, rcodes=rcodes,
+        stddev_latency_s=float(stddev.group(1)) if stddev else math.nan,
+        p50_latency_s=p50, p99_latency_s=p99, p999_latency_s=p999,
     )

@@ -33,6 +33,7 @@ from benchmarks.load.procs import (
     tree_cpu_seconds,
     tree_memory_kib,
 )
+from benchmarks.load.report import columns
 from benchmarks.load.runner import READY_NAME, Bench, _csv, _git, _log, bench_session
 from benchmarks.load.servers import RESOLVERS, Resolver
 
@@ -224,12 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row['bytes_per_entry']['median']:.0f}",
                           f"{row['fill_qps']['median']:,.0f}",
                           f"{row['recheck_upstream_cpu_ms']['median']:.0f}"])
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        for i, line in enumerate(lines):
-            print("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                            for j, (c, w) in enumerate(zip(line, widths))))
-            if i == 0:
-                print("  ".join("-" * w for w in widths))
+        print(columns(lines, left=1))
         print("\n" + ", ".join(f"{k}: {v}" for k, v in versions.items()))
     return 0
 

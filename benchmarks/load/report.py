@@ -156,8 +156,14 @@ def table(results: list[Result], generator: str = "dnsperf") -> str:
         ])
         if mixed:
             rows[-1].insert(6, _fmt(r.repeat_pct, 1))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+    return columns(rows)
+
+
+def columns(rows: list[list[str]], left: int = 2) -> str:
+    """Rows of cells (the header first) as aligned text: the first ``left`` columns flush
+    left, the others flush right, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

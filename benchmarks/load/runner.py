@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--upstream-cpu", type=int,
                         default=cpus[2] if len(cpus) > 2 else (cpus[1] if len(cpus) > 1 else None),
                         help="CPU for NSD (shares dnsperf's CPU on a 2-CPU machine)")
+    parser.add_argument("--latency-at-half-peak", action="store_true",
+                        help="instead of the workloads: find fastdns's peak cached qps with "
+                             "blast, then measure each server's latency with dnsperf -Q at half "
+                             "that rate (see benchmarks/load/latency.py)")
+    parser.add_argument("--peak-qps", type=int, default=None,
+                        help="with --latency-at-half-peak: use this peak instead of measuring it")
     parser.add_argument("--json", action="store_true", help="one JSON line per result on stdout")
     args = parser.parse_args(argv)
     if (args.duration <= 0 or args.repeat < 1 or args.clients < 1 or args.outstanding < 1
@@ -162,6 +168,7 @@ class Bench:
         self.last_dnsperf_cpu_s = 0.0
         self.blast_binary: Path | None = None
         self.recursions: dict[str, Recursion] = {}
+        self.dnsperf_verbose = False  # -v on measured runs: a line per query, for percentiles
         if args.generator == "blast":
             self.blast_binary = blast.build(workdir)
 
@@ -232,7 +239,7 @@ class Bench:
         else:
             argv = dnsperf.command(port=port, queryfile=queryfile, duration=duration,
                                    clients=clients, outstanding=outstanding, max_qps=max_qps,
-                                   runs=runs, tcp=tcp)
+                                   runs=runs, tcp=tcp, verbose=self.dnsperf_verbose and not warm)
         timeout = 120 if warm and duration is None else (duration or 0) + 30
         # The generator is the only child reaped in this window, so the delta is its CPU time.
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -379,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         with bench_session("fastdns-load-") as (workdir, procs):
+            if args.latency_at_half_peak:
+                from benchmarks.load import latency
+                return latency.run(args, resolvers, versions, workdir, procs)
             bench = Bench(args, workdir, procs)
             bench.start_upstream()
             for resolver in resolvers:
