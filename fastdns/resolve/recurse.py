@@ -6,7 +6,8 @@ chase CNAMEs across zones → assemble the reply. QNAME minimisation (RFC 9156) 
 default. Anti-poisoning: every response is scrubbed to the zone its server was asked about
 (bailiwick), IDs and ports are random and replies must match (`upstream.py`); with
 `use_0x20` the qname's letters are in random case too and a reply must echo them, with a
-lowercase retry for zones whose servers do not (as Unbound's use-caps-for-id does).
+lowercase retry for zones whose servers do not (as Unbound's use-caps-for-id does). Identical
+lookups for the recursor's own use (NS addresses, DS, DNSKEY) in flight at once share one walk.
 Must not: validate DNSSEC (the validator stage does, over `lookup`), touch the reply cache or
 the client's packet, or wait past the question's budget.
 
@@ -35,6 +36,7 @@ import dns.rdatatype
 import dns.rrset
 
 from fastdns.errors import QnameCaseMismatch, ResolveError, UpstreamTimeout
+from fastdns.resolve.coalesce import Coalescer
 from fastdns.resolve.direct import DirectAnswer, direct_reply, scan_direct_answer
 from fastdns.resolve.hints import RootServer
 from fastdns.resolve.infra import Delegations, MessageCache, ServerInfo
@@ -117,7 +119,8 @@ class _Budget:
         self.deadline = deadline
         self.depth_left = depth
         self.nesting = nesting
-        self.ns_pending = ns_pending  # NS names being resolved above us: delegation loops
+        # NS names being resolved above us: delegation loops; part of a shared lookup's key.
+        self.ns_pending = ns_pending
         # The client's (qname, qtype): a response to exactly that may be passed on unparsed.
         self.direct_for = direct_for
 
@@ -158,7 +161,8 @@ class Recursor:
 
     `resolve(q, budget_s)` answers a client's question with the assembled reply wire
     (answer chain, negative proof); `lookup(name, rdtype)` returns the response message for
-    the resolver's own use (NS addresses; DS and DNSKEY for the validator), cached by TTL.
+    the resolver's own use (NS addresses; DS and DNSKEY for the validator), cached by TTL
+    and shared by the callers that ask for it while it is in flight.
     """
 
     name = "recurse"
@@ -193,6 +197,8 @@ class Recursor:
         self.servers = ServerInfo()
         self.delegations = Delegations()
         self.messages = MessageCache()
+        # Lookups in flight, by (name, rdtype, NS names pending above): see `_lookup`.
+        self.lookups: Coalescer[bytes] = Coalescer()
         self.queries_sent = 0
         self.case_fallbacks = 0  # steps asked again in lowercase (0x20 not echoed)
 
@@ -225,14 +231,35 @@ class Recursor:
 
     async def _lookup(self, name: dns.name.Name, rdtype: int,
                       budget: _Budget) -> dns.message.Message:
-        now = time.monotonic()
-        cached = self.messages.get(name, rdtype, now)
+        cached = self.messages.get(name, rdtype, time.monotonic())
         if cached is not None:
             return cached
+        # Identical lookups in flight share one walk: questions that arrive together under a
+        # cold glueless delegation resolve its NS names once. The key holds the NS names
+        # pending above the lookup, so a walk waits only on lookups with strictly more of them
+        # (each glueless level adds its own name) and waits can never form a cycle: two
+        # questions whose zones' servers are named in each other's zone each meet the loop in
+        # `ns_pending` ("delegation loop") instead of waiting on each other until the deadline.
+        # A joiner waits no longer than its own budget; if the caller that runs the walk is
+        # cancelled while others wait, the Coalescer runs it again for them, in a Task.
+        key = (name, rdtype, budget.ns_pending)
+        try:
+            wire = await self.lookups.run(
+                key, functools.partial(self._fetch, name, rdtype, budget),
+                join_timeout_s=budget.left_s(),
+            )
+        except asyncio.TimeoutError:
+            raise RecursionFailed(f"no answer for {name} in time",
+                                  EDE_NO_REACHABLE_AUTHORITY) from None
+        return dns.message.from_wire(wire)  # each caller parses its own copy
+
+    async def _fetch(self, name: dns.name.Name, rdtype: int, budget: _Budget) -> bytes:
+        """Resolve (name, rdtype) for our own use; cache and return the response's wire."""
         message = (await self._resolve_chain(name, rdtype, budget)).message
         assert message is not None  # only a client's question is answered directly
-        self.messages.put(name, rdtype, message, _message_ttl(message), now)
-        return message
+        wire = message.to_wire()
+        self.messages.put(name, rdtype, wire, _message_ttl(message), time.monotonic())
+        return wire
 
     async def _resolve_chain(self, qname: dns.name.Name, qtype: int,
                              budget: _Budget) -> _Outcome:

@@ -7,9 +7,11 @@ show drive a `Recursor` in this process, against the same tree.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import struct
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -344,3 +346,65 @@ def test_0x20_falls_back_to_lowercase_for_servers_that_do_not_keep_case(tree, tm
     assert _answers(reply) == ["192.0.2.7"]
     assert recursor.case_fallbacks == 1
     assert _asked_in_random_case_then_lowercase([q.qname for q in tree.server(EXAMPLE).queries])
+
+
+# -- the recursor's own lookups, shared while in flight --------------------------------------
+
+
+def test_questions_under_a_cold_glueless_delegation_share_its_ns_address_lookup(
+    server_factory, tree, tmp_path
+):
+    # Slow enough that every question reaches the glueless delegation of example.net while
+    # the address of its server, nsaddr.example.org, is still being looked up.
+    tree.server(EXAMPLE).delay_s = 0.2
+    server = _start(server_factory, tree, tmp_path)
+    names = [f"n{i}.example.net" for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        replies = list(pool.map(lambda name: _ask(server, name), names))
+    assert [r.rcode() for r in replies] == [dns.rcode.NXDOMAIN] * len(names)
+    asked = Counter(q.qtype for q in tree.server(EXAMPLE).queries
+                    if q.qname.lower() == "nsaddr.example.org.")
+    assert asked == {"A": 1}
+
+
+def test_a_delegation_loop_across_two_questions_in_flight_is_servfail_not_a_wait(
+    server_factory, tree, tmp_path
+):
+    # a.example.org's server is named in b.example.net and b.example.net's in a.example.org.
+    # Asked together, each question looks up the other zone's server name: neither lookup
+    # may wait on the other (the client gives up long before the resolver's 30 s).
+    tree.delegate(EXAMPLE, "a.example.org.", {"ns.b.example.net.": None})
+    tree.delegate(EXAMPLE_NET, "b.example.net.", {"ns.a.example.org.": None})
+    for address in (EXAMPLE, EXAMPLE_NET):
+        tree.server(address).delay_s = 0.1
+    server = _start(server_factory, tree, tmp_path, timeout_s=30.0)
+    names = ["www.a.example.org", "www.b.example.net"]
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        replies = list(pool.map(lambda name: _ask(server, name), names))
+    assert [r.rcode() for r in replies] == [dns.rcode.SERVFAIL] * 2
+    for reply in replies:
+        (ede,) = [o for o in reply.options if o.otype == dns.edns.EDE]
+        assert "delegation loop" in str(ede.text)
+
+
+def test_a_cancelled_lookup_does_not_fail_the_questions_that_joined_it(tree, tmp_path):
+    tree.server(EXAMPLE).delay_s = 0.2  # keeps the lookup of nsaddr.example.org in flight
+    recursor = _recursor(tree, tmp_path)
+
+    async def until(condition: Callable[[], int]) -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    async def go() -> dns.message.Message:
+        first = asyncio.ensure_future(recursor.resolve(_question("web.example.net")))
+        await asyncio.wait_for(until(lambda: recursor.lookups.started), 10)
+        second = asyncio.ensure_future(recursor.resolve(_question("web.example.net", "AAAA")))
+        await asyncio.wait_for(until(lambda: recursor.lookups.joined), 10)
+        first.cancel()
+        answer = await second
+        assert first.cancelled()
+        return dns.message.from_wire(answer.reply_wire)
+
+    reply = asyncio.run(go())
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # NODATA
+    assert recursor.lookups.taken_over == 1
