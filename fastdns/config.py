@@ -334,6 +334,10 @@ class ResolverSettings(BaseModel):
     qname_minimisation: bool = Field(
         default=True, description="Reveal one label at a time to each zone (RFC 9156)"
     )
+    use_0x20: bool = Field(
+        default=False,
+        description="Send qnames to name servers in random letter case; replies must echo it",
+    )
 
     @field_validator("root_hints")
     @classmethod

@@ -34,3 +34,8 @@ class UpstreamTimeout(ResolveError):
 
 class UpstreamFailed(ResolveError):
     """Every upstream that answered said SERVFAIL/REFUSED, or sent nothing usable."""
+
+
+class QnameCaseMismatch(UpstreamFailed):
+    """A reply echoed the question in another letter case than the query's (DNS 0x20): the
+    server does not preserve case, or the reply is forged."""

@@ -263,6 +263,7 @@ def _compose_resolver(settings: Settings) -> tuple[Stage, list[str]]:
             query_loopback=r.query_loopback,
             nameserver_port=r.nameserver_port,
             qname_minimisation=r.qname_minimisation,
+            use_0x20=r.use_0x20,
         )
         resolver, names, fetch = recursor, [], recursor.lookup
     else:

@@ -104,7 +104,7 @@ class Hierarchy:
         fake = self._fakes.get(address)
         if fake is None:
             fake = FakeUpstream(host=address, port=self.port)
-            fake.answer_fn(functools.partial(self._reply, address))
+            fake.answer_fn(functools.partial(self.reply, address))
             self._fakes[address] = fake.start()
             self._served_by.setdefault(address, [])
         return fake
@@ -220,7 +220,9 @@ class Hierarchy:
 
     # -- answering --------------------------------------------------------------------------
 
-    def _reply(self, address: str, query: dns.message.Message) -> dns.message.Message:
+    def reply(self, address: str, query: dns.message.Message) -> dns.message.Message:
+        """The reply of the server at `address` to `query`: what its fake sends, and what a
+        test's own `answer_fn` for that fake may start from to misbehave."""
         built = self._build()
         with self._lock:
             served = [built[o] for o in self._served_by[address] if o in built]

@@ -1,18 +1,17 @@
-"""Coalescing of identical in-flight questions: one upstream resolution serves every waiter.
+"""Coalescing of identical work in flight: one upstream resolution serves every waiter.
 
-Owns: the map from cache key to the resolution in flight and the waiters joined to it. Must
-not: talk to upstreams or render replies; it only shares the outcome of whatever coroutine the
-caller starts.
+Owns: the map from key (a question's cache key; the recursor's own lookups) to the resolution
+in flight and the waiters joined to it. Must not: talk to upstreams or render replies; it only
+shares the outcome of whatever coroutine the caller starts.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-
 
 
 class Coalescer(Generic[T]):
@@ -22,6 +21,7 @@ class Coalescer(Generic[T]):
     A waiter that is cancelled does not disturb the others: a cancelled joiner just stops
     waiting; if the leader is cancelled while others wait, the work starts again in a Task
     that answers them (`start()` is called a second time, so it must be safe to repeat).
+    Keys are any hashable value (the miss path uses the cache key bytes).
     """
 
     name = "coalesce"
@@ -33,7 +33,7 @@ class Coalescer(Generic[T]):
         # waiting cancels its own Future, which is then skipped.
         #
         #   _inflight[key] -> [Future(joiner 1), Future(joiner 2), ...]  ([] if none joined)
-        self._inflight: dict[bytes, list[asyncio.Future[T]]] = {}
+        self._inflight: dict[Hashable, list[asyncio.Future[T]]] = {}
         self._takeovers: set[asyncio.Task[None]] = set()
         self.started = 0
         self.joined = 0
@@ -42,13 +42,20 @@ class Coalescer(Generic[T]):
     def __len__(self) -> int:
         return len(self._inflight)
 
-    async def run(self, key: bytes, start: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, key: Hashable, start: Callable[[], Awaitable[T]], *,
+                  join_timeout_s: float | None = None) -> T:
+        """The outcome of `start()` for `key`, run by the first caller, shared with the rest.
+        A caller that joins waits at most `join_timeout_s`, if given, then raises
+        `asyncio.TimeoutError` (the first caller's `start()` bounds its own time)."""
         flight = self._inflight.get(key)
         if flight is not None:
             self.joined += 1
             waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
             flight.append(waiter)
-            return await waiter  # cancelling this caller cancels only its own Future
+            # Cancelling this caller, or its timeout, cancels only its own Future.
+            if join_timeout_s is None:
+                return await waiter
+            return await asyncio.wait_for(waiter, join_timeout_s)
         flight = self._inflight[key] = []
         self.started += 1
         try:
@@ -69,12 +76,12 @@ class Coalescer(Generic[T]):
                 w.set_result(result)
         return result
 
-    def _forget(self, key: bytes, flight: list[asyncio.Future[T]]) -> None:
+    def _forget(self, key: Hashable, flight: list[asyncio.Future[T]]) -> None:
         if self._inflight.get(key) is flight:
             del self._inflight[key]
 
     def _take_over(
-        self, key: bytes, flight: list[asyncio.Future[T]], start: Callable[[], Awaitable[T]]
+        self, key: Hashable, flight: list[asyncio.Future[T]], start: Callable[[], Awaitable[T]]
     ) -> None:
         """The leader went away while others wait: run the work again for them, in a Task."""
         self.taken_over += 1
@@ -83,7 +90,7 @@ class Coalescer(Generic[T]):
         task.add_done_callback(self._takeovers.discard)
 
     async def _finish_for(
-        self, key: bytes, flight: list[asyncio.Future[T]], start: Callable[[], Awaitable[T]]
+        self, key: Hashable, flight: list[asyncio.Future[T]], start: Callable[[], Awaitable[T]]
     ) -> None:
         try:
             result = await start()

@@ -91,15 +91,18 @@ def direct_reply(wire: bytes, found: DirectAnswer, *, keep_dnssec: bool) -> byte
 
 def _scan(wire: bytes, qtype: int, qname_end: int, qname_labels: int, ancount: int,
           nscount: int) -> DirectAnswer | None:
-    qname_lower = wire[HEADER_SIZE:qname_end].lower()
+    qname = wire[HEADER_SIZE:qname_end]
     pos = qname_end + 4  # past QTYPE and QCLASS
     data_count = rrsig_count = 0
     data_end = -1
     for _ in range(ancount):
         owner_end = _skip_name(wire, pos)
         owner = wire[pos:owner_end]
-        if owner != _POINTER_TO_QNAME and owner.lower() != qname_lower:
-            return None  # another owner (a CNAME chain, or a spelling we do not follow)
+        if owner != _POINTER_TO_QNAME and owner != qname:
+            # Another owner (a CNAME chain, or a spelling we do not follow), or the question's
+            # name spelt in another case, e.g. the random case of a DNS 0x20 query echoed back:
+            # the general path writes that owner as a pointer to the client's own question.
+            return None
         rrtype, rrclass, _, rdlength = _RR_FIXED.unpack_from(wire, owner_end)
         rdata = owner_end + _RR_FIXED.size
         if rrclass != CLASS_IN or rdata + rdlength > len(wire):

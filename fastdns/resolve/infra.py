@@ -186,10 +186,10 @@ class MessageCache:
             _Bounded(max_entries)
         )
 
-    def put(self, name: dns.name.Name, rdtype: int, message: dns.message.Message, ttl_s: float,
+    def put(self, name: dns.name.Name, rdtype: int, wire: bytes, ttl_s: float,
             now: float) -> None:
         if ttl_s > 0:
-            self._entries.put((name, rdtype), (message.to_wire(), now, now + ttl_s))
+            self._entries.put((name, rdtype), (wire, now, now + ttl_s))
 
     def get(self, name: dns.name.Name, rdtype: int, now: float) -> dns.message.Message | None:
         found = self._entries.get((name, rdtype))

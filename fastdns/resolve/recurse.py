@@ -4,7 +4,10 @@ Owns one question's walk down the tree: closest known zone cut → ask its serve
 hedged across the NS set, TCP on TC) → follow referrals with glue, resolve glueless NS names,
 chase CNAMEs across zones → assemble the reply. QNAME minimisation (RFC 9156) is on by
 default. Anti-poisoning: every response is scrubbed to the zone its server was asked about
-(bailiwick), IDs and ports are random and replies must match (`upstream.py`).
+(bailiwick), IDs and ports are random and replies must match (`upstream.py`); with
+`use_0x20` the qname's letters are in random case too and a reply must echo them, with a
+lowercase retry for zones whose servers do not (as Unbound's use-caps-for-id does). Identical
+lookups for the recursor's own use (NS addresses, DS, DNSKEY) in flight at once share one walk.
 Must not: validate DNSSEC (the validator stage does, over `lookup`), touch the reply cache or
 the client's packet, or wait past the question's budget.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -31,18 +35,23 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from fastdns.errors import ResolveError, UpstreamTimeout
+from fastdns.errors import QnameCaseMismatch, ResolveError, UpstreamTimeout
+from fastdns.resolve.coalesce import Coalescer
 from fastdns.resolve.direct import DirectAnswer, direct_reply, scan_direct_answer
 from fastdns.resolve.hints import RootServer
 from fastdns.resolve.infra import Delegations, MessageCache, ServerInfo
 from fastdns.resolve.question import Answer, Question
 from fastdns.resolve.upstream import (
+    HEADER_SIZE,
     build_query,
     exchange_tcp,
     exchange_udp,
     format_address,
+    randomise_case,
     reply_truncated,
 )
+
+log = logging.getLogger("fastdns.recurse")
 
 # RFC 9156 §2.3: cap on the labels added one at a time before the full name is sent.
 MAX_MINIMISE_COUNT = 10
@@ -110,7 +119,8 @@ class _Budget:
         self.deadline = deadline
         self.depth_left = depth
         self.nesting = nesting
-        self.ns_pending = ns_pending  # NS names being resolved above us: delegation loops
+        # NS names being resolved above us: delegation loops; part of a shared lookup's key.
+        self.ns_pending = ns_pending
         # The client's (qname, qtype): a response to exactly that may be passed on unparsed.
         self.direct_for = direct_for
 
@@ -151,7 +161,8 @@ class Recursor:
 
     `resolve(q, budget_s)` answers a client's question with the assembled reply wire
     (answer chain, negative proof); `lookup(name, rdtype)` returns the response message for
-    the resolver's own use (NS addresses; DS and DNSKEY for the validator), cached by TTL.
+    the resolver's own use (NS addresses; DS and DNSKEY for the validator), cached by TTL
+    and shared by the callers that ask for it while it is in flight.
     """
 
     name = "recurse"
@@ -167,6 +178,7 @@ class Recursor:
         nameserver_port: int = 53,
         qname_minimisation: bool = True,
         dnssec_ok: bool = True,
+        use_0x20: bool = False,
     ) -> None:
         if timeout_s <= 0 or retry_interval_s <= 0:
             raise ValueError("timeout_s and retry_interval_s must be positive")
@@ -179,12 +191,16 @@ class Recursor:
         # DO=1 on every query (RFC 3225): signatures and denial proofs come along for the
         # validator and for clients that ask for them; cached replies keyed without DO drop them.
         self._dnssec_ok = dnssec_ok
+        self._use_0x20 = use_0x20
         self._root_ns = tuple(s.name for s in root_hints)
         self._root_addresses = {s.name: s.addresses for s in root_hints}
         self.servers = ServerInfo()
         self.delegations = Delegations()
         self.messages = MessageCache()
+        # Lookups in flight, by (name, rdtype, NS names pending above): see `_lookup`.
+        self.lookups: Coalescer[bytes] = Coalescer()
         self.queries_sent = 0
+        self.case_fallbacks = 0  # steps asked again in lowercase (0x20 not echoed)
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -215,14 +231,35 @@ class Recursor:
 
     async def _lookup(self, name: dns.name.Name, rdtype: int,
                       budget: _Budget) -> dns.message.Message:
-        now = time.monotonic()
-        cached = self.messages.get(name, rdtype, now)
+        cached = self.messages.get(name, rdtype, time.monotonic())
         if cached is not None:
             return cached
+        # Identical lookups in flight share one walk: questions that arrive together under a
+        # cold glueless delegation resolve its NS names once. The key holds the NS names
+        # pending above the lookup, so a walk waits only on lookups with strictly more of them
+        # (each glueless level adds its own name) and waits can never form a cycle: two
+        # questions whose zones' servers are named in each other's zone each meet the loop in
+        # `ns_pending` ("delegation loop") instead of waiting on each other until the deadline.
+        # A joiner waits no longer than its own budget; if the caller that runs the walk is
+        # cancelled while others wait, the Coalescer runs it again for them, in a Task.
+        key = (name, rdtype, budget.ns_pending)
+        try:
+            wire = await self.lookups.run(
+                key, functools.partial(self._fetch, name, rdtype, budget),
+                join_timeout_s=budget.left_s(),
+            )
+        except asyncio.TimeoutError:
+            raise RecursionFailed(f"no answer for {name} in time",
+                                  EDE_NO_REACHABLE_AUTHORITY) from None
+        return dns.message.from_wire(wire)  # each caller parses its own copy
+
+    async def _fetch(self, name: dns.name.Name, rdtype: int, budget: _Budget) -> bytes:
+        """Resolve (name, rdtype) for our own use; cache and return the response's wire."""
         message = (await self._resolve_chain(name, rdtype, budget)).message
         assert message is not None  # only a client's question is answered directly
-        self.messages.put(name, rdtype, message, _message_ttl(message), now)
-        return message
+        wire = message.to_wire()
+        self.messages.put(name, rdtype, wire, _message_ttl(message), time.monotonic())
+        return wire
 
     async def _resolve_chain(self, qname: dns.name.Name, qtype: int,
                              budget: _Budget) -> _Outcome:
@@ -313,7 +350,33 @@ class Recursor:
 
     async def _ask_zone(self, zone: dns.name.Name, ns_names: Sequence[dns.name.Name],
                         qname: dns.name.Name, qtype: int, budget: _Budget) -> _Step:
-        """Ask the servers of `zone`, with glue first, then glueless NS names resolved."""
+        """Ask the servers of `zone` about qname, in random case if `use_0x20` is on.
+
+        A reply that does not echo that case fails its server (it may be forged). When no
+        server gave a usable reply and some failed only on case, servers that do not preserve
+        case are not to make names unresolvable: the step is asked again in lowercase, as
+        Unbound's use-caps-for-id falls back.
+        """
+        if not self._use_0x20:
+            return await self._ask_each_server(zone, ns_names, qname, qtype, budget, None)
+        case_failed: list[str] = []
+        try:
+            return await self._ask_each_server(zone, ns_names, qname, qtype, budget,
+                                               case_failed)
+        except RecursionFailed:
+            if not case_failed or budget.left_s() <= 0:
+                raise
+        self.case_fallbacks += 1
+        log.debug("0x20 fallback: asking the servers of %s about %s in lowercase; "
+                  "%s did not echo the case", zone, qname, ", ".join(case_failed))
+        return await self._ask_each_server(zone, ns_names, qname, qtype, budget, None)
+
+    async def _ask_each_server(self, zone: dns.name.Name, ns_names: Sequence[dns.name.Name],
+                               qname: dns.name.Name, qtype: int, budget: _Budget,
+                               case_failed: list[str] | None) -> _Step:
+        """Ask the servers of `zone`, with glue first, then glueless NS names resolved.
+        `case_failed`: None to send qname in lowercase; else it is sent in random case, and
+        the servers whose replies did not echo it are listed there."""
         tried: set[str] = set()
         reasons: list[str] = []
         order = list(ns_names)
@@ -329,7 +392,7 @@ class Recursor:
                 candidates = candidates[: MAX_SERVERS_PER_STEP - len(tried)]
                 try:
                     return await self._ask_servers(zone, candidates, qname, qtype, budget,
-                                                   reasons)
+                                                   reasons, case_failed)
                 except RecursionFailed:
                     if budget.left_s() <= 0:
                         raise
@@ -385,7 +448,7 @@ class Recursor:
 
     async def _ask_servers(self, zone: dns.name.Name, addresses: list[str],
                            qname: dns.name.Name, qtype: int, budget: _Budget,
-                           reasons: list[str]) -> _Step:
+                           reasons: list[str], case_failed: list[str] | None) -> _Step:
         """First acceptable response from `addresses`, asking the next one each
         `retry_interval_s` without a reply, and at once after a lame or broken response."""
         loop = asyncio.get_running_loop()
@@ -404,7 +467,9 @@ class Recursor:
                     )
                 if queue and (now >= next_launch or not pending):
                     address = queue.pop(0)
-                    task = loop.create_task(self._exchange(address, qname, qtype, budget))
+                    task = loop.create_task(
+                        self._exchange(address, qname, qtype, budget, case_failed is not None)
+                    )
                     pending[task] = (address, now)
                     self.queries_sent += 1
                     next_launch = now + self._retry_interval_s
@@ -420,7 +485,7 @@ class Recursor:
                 for task in done:
                     address, sent_at = pending.pop(task)
                     step = self._judge(task, zone, address, sent_at, qname, qtype, budget,
-                                       reasons)
+                                       reasons, case_failed)
                     if step is not None:
                         return step
                     next_launch = time.monotonic()  # a broken reply: ask the next one now
@@ -433,13 +498,19 @@ class Recursor:
 
     def _judge(self, task: asyncio.Task[tuple[bytes, float]], zone: dns.name.Name, address: str,
                sent_at: float, qname: dns.name.Name, qtype: int, budget: _Budget,
-               reasons: list[str]) -> _Step | None:
+               reasons: list[str], case_failed: list[str] | None) -> _Step | None:
         now = time.monotonic()
         try:
             wire, rtt_s = task.result()
         except UpstreamTimeout:
             self.servers.record_timeout(address, now - sent_at, now)
             reasons.append(f"{address}: timeout")
+            return None
+        except QnameCaseMismatch as exc:
+            # Not lame: the server answered, but such a reply could as well be forged.
+            if case_failed is not None:
+                case_failed.append(address)
+            reasons.append(str(exc))
             return None
         except ResolveError as exc:
             self.servers.record_lame(zone, address, now)
@@ -463,17 +534,28 @@ class Recursor:
         return step
 
     async def _exchange(self, address: str, qname: dns.name.Name, qtype: int,
-                        budget: _Budget) -> tuple[bytes, float]:
+                        budget: _Budget, mixed_case: bool) -> tuple[bytes, float]:
         host, port = address.rsplit(":", 1)
         host = host.strip("[]")
-        q = Question(name_wire(qname), qtype, dns.rdataclass.IN, self._dnssec_ok, True)
+        qname_wire = name_wire(qname)
+        sent_name = randomise_case(qname_wire) if mixed_case else qname_wire
+        q = Question(sent_name, qtype, dns.rdataclass.IN, self._dnssec_ok, True)
         # RD=0: we ask authoritative servers (RFC 1034 §5.3.1). CD=1: we validate ourselves.
         _, query_wire = build_query(q, recursion_desired=False)
         started = time.monotonic()
-        wire = await exchange_udp(host, int(port), query_wire, max(0.001, budget.left_s()))
+        wire = await exchange_udp(host, int(port), query_wire, max(0.001, budget.left_s()),
+                                  exact_case=mixed_case)
         if reply_truncated(wire):
             # RFC 7766 §5: a truncated UDP reply is re-asked over TCP, of the same server.
-            wire = await exchange_tcp(host, int(port), query_wire, max(0.001, budget.left_s()))
+            wire = await exchange_tcp(host, int(port), query_wire, max(0.001, budget.left_s()),
+                                      exact_case=mixed_case)
+        if mixed_case:
+            # The question back in lowercase, as sent without 0x20 (same length: compression
+            # pointers stay valid), so that names compressed against it (owners, names in
+            # RDATA, the zone of a referral) read as they would without 0x20: the random case
+            # stays out of replies, the cache and the infra stores.
+            end = HEADER_SIZE + len(qname_wire)
+            wire = wire[:HEADER_SIZE] + qname_wire + wire[end:]
         return wire, time.monotonic() - started
 
     # -- judging a response ---------------------------------------------------------------

@@ -4,7 +4,9 @@ Owns the wire side of talking to an upstream resolver: `build_query` (random ID,
 OPT with DO), `UdpExchange` (fresh connected socket per exchange, driven by loop callbacks;
 what the forwarder uses), `exchange_udp` (the same as one awaitable call) and `exchange_tcp`
 (RFC 1035 §4.2.2 framing). Replies are parsed only as far as needed to match them to the query
-(ID, QR bit, question); the bytes returned are exactly the bytes received.
+(ID, QR bit, question); the bytes returned are exactly the bytes received. `randomise_case`
+spells a qname in random letter case (DNS 0x20); an exchange told to, accepts only a reply
+whose question keeps that exact case.
 
 Must not: choose upstreams, keep health or RTT state (that is `forward.py`), interpret the
 reply beyond matching it, or leave a socket open after an exchange returns or raises.
@@ -19,7 +21,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 
-from fastdns.errors import UpstreamFailed, UpstreamTimeout
+from fastdns.errors import QnameCaseMismatch, UpstreamFailed, UpstreamTimeout
 from fastdns.resolve.question import Question
 
 HEADER_SIZE = 12
@@ -50,6 +52,9 @@ _Socket = socket.SocketType
 _ID_BLOCK_BYTES = 4096
 
 MismatchCallback = Callable[[bytes], None]
+
+# bytes.translate table: 0x20 for each ASCII letter, 0 for every other byte value.
+_LETTER_CASE_BIT = bytes(0x20 if chr(b).isascii() and chr(b).isalpha() else 0 for b in range(256))
 
 
 class _RandomIds:
@@ -98,30 +103,57 @@ def build_query(q: Question, *, recursion_desired: bool = True) -> tuple[int, by
     return qid, header + q.qname_wire + _QTYPE_QCLASS.pack(q.qtype, q.qclass) + opt
 
 
+def randomise_case(qname_wire: bytes) -> bytes:
+    """`qname_wire` with each ASCII letter in upper or lower case at random (DNS 0x20,
+    draft-vixie-dnsext-dns0x20): one more bit per letter an off-path spoofer has to guess.
+
+    The bits come from the OS CSPRNG; label lengths (<= 63) are never letters, so only label
+    bytes change and the name stays the same name (RFC 4343).
+    """
+    size = len(qname_wire)
+    flips = int.from_bytes(os.urandom(size), "big") & int.from_bytes(
+        qname_wire.translate(_LETTER_CASE_BIT), "big"
+    )
+    return (int.from_bytes(qname_wire, "big") ^ flips).to_bytes(size, "big")
+
+
 class ReplyMatcher:
     """Decides whether a datagram is the reply to one query (RFC 5452 §9.1).
 
     A reply matches when its ID equals the query's, QR=1, QDCOUNT=1 and its question equals the
-    query's: qname compared case-insensitively (a 0x20-randomising upstream may change case,
-    RFC 4343), qtype and qclass exactly. The address/port check is done by the kernel: every
-    exchange uses a connected socket, which drops datagrams from any other source.
+    query's: qtype and qclass exactly; the qname case-insensitively (RFC 4343: an upstream
+    may answer in another case), or, with `exact_case`, byte for byte (the query's qname was
+    spelt in random case, DNS 0x20, and the reply must echo it). The address/port check is done
+    by the kernel: every exchange uses a connected socket, which drops datagrams from any other
+    source.
     """
 
-    __slots__ = ("_end", "_id", "_qname_lower", "_qtype_qclass")
+    __slots__ = ("_end", "_exact", "_id", "_qname", "_qname_lower", "_qtype_qclass")
 
-    def __init__(self, query_wire: bytes, *, qname_end: int | None = None) -> None:
+    def __init__(self, query_wire: bytes, *, qname_end: int | None = None,
+                 exact_case: bool = False) -> None:
         # `qname_end`: where the qname ends, when the caller built the query and knows it.
         end = _question_name_end(query_wire) if qname_end is None else qname_end
         if end + 4 > len(query_wire):
             raise ValueError("query has no complete question section")
         self._id = query_wire[:2]
+        self._exact = exact_case
+        self._qname = query_wire[HEADER_SIZE:end]
         # bytes.lower() touches only A-Z; label lengths (<= 63) and type/class are kept apart.
-        self._qname_lower = query_wire[HEADER_SIZE:end].lower()
+        self._qname_lower = self._qname.lower()
         self._qtype_qclass = query_wire[end : end + 4]
         self._end = end
 
     def matches(self, reply: bytes) -> bool:
         """True if `reply` answers the query this matcher was built from."""
+        return self._match(reply, self._exact)
+
+    def case_differs(self, reply: bytes) -> bool:
+        """True if, with `exact_case`, `reply` fails to match only because its qname is in
+        another letter case: a server that does not preserve case, or a forgery."""
+        return self._exact and not self._match(reply, True) and self._match(reply, False)
+
+    def _match(self, reply: bytes, exact: bool) -> bool:
         end = self._end
         if len(reply) < end + 4:
             return False
@@ -129,8 +161,9 @@ class ReplyMatcher:
             return False
         # The first name in a message cannot be a compression pointer (nothing precedes it to
         # point at), so comparing the same byte span is comparing the name.
+        qname = reply[HEADER_SIZE:end]
         return (
-            reply[HEADER_SIZE:end].lower() == self._qname_lower
+            (qname == self._qname if exact else qname.lower() == self._qname_lower)
             and reply[end : end + 4] == self._qtype_qclass
         )
 
@@ -371,6 +404,10 @@ class _FutureExchange(UdpExchange):
     def mismatch_received(self, data: bytes) -> None:
         if self._on_mismatch is not None:
             self._on_mismatch(data)
+        if self._matcher.case_differs(data) and not self._reply.done():
+            # The reply, but for the letter case of its question: with 0x20 this ends the
+            # exchange as a failure (waiting on would only wait for a timeout).
+            self._reply.set_exception(QnameCaseMismatch("reply question in another letter case"))
 
 
 def _expire(reply: asyncio.Future[bytes]) -> None:
@@ -385,6 +422,7 @@ async def exchange_udp(
     timeout_s: float,
     *,
     on_mismatch: MismatchCallback | None = None,
+    exact_case: bool = False,
 ) -> bytes:
     """Send `query_wire` to host:port over UDP; return the first matching reply, as received.
 
@@ -393,19 +431,22 @@ async def exchange_udp(
     address or port. Datagrams that do not match (ID, QR, question) are ignored and reported
     to `on_mismatch`, if given. Raises `UpstreamTimeout` when nothing matches within
     `timeout_s`, `UpstreamFailed` when the socket reports an error (e.g. ICMP port
-    unreachable). The socket is closed before this returns or raises, cancellation included.
+    unreachable). With `exact_case` (the qname was sent in random case, DNS 0x20), a reply
+    whose question differs from the query's only in letter case raises `QnameCaseMismatch`.
+    The socket is closed before this returns or raises, cancellation included.
     """
     loop = asyncio.get_running_loop()
     reply: asyncio.Future[bytes] = loop.create_future()
-    exchange = _FutureExchange(
-        loop, host, port, query_wire, ReplyMatcher(query_wire), reply, on_mismatch
-    )
+    matcher = ReplyMatcher(query_wire, exact_case=exact_case)
+    exchange = _FutureExchange(loop, host, port, query_wire, matcher, reply, on_mismatch)
     timer = loop.call_later(timeout_s, _expire, reply)
     try:
         return await reply
     except asyncio.TimeoutError:
         where = format_address(host, port)
         raise UpstreamTimeout(f"{where}: no reply within {timeout_s:g}s") from None
+    except QnameCaseMismatch as exc:
+        raise QnameCaseMismatch(f"{format_address(host, port)}: {exc}") from None
     except OSError as exc:
         raise UpstreamFailed(f"{format_address(host, port)}: {exc}") from exc
     finally:
@@ -413,18 +454,19 @@ async def exchange_udp(
         exchange.close()
 
 
-async def exchange_tcp(host: str, port: int, query_wire: bytes, timeout_s: float) -> bytes:
+async def exchange_tcp(host: str, port: int, query_wire: bytes, timeout_s: float, *,
+                       exact_case: bool = False) -> bytes:
     """Send `query_wire` to host:port over TCP; return the first matching reply, as received.
 
     Messages are framed with a 2-byte length (RFC 1035 §4.2.2, RFC 7766 §8). One connection per
     exchange, closed before this returns: it serves the rare retry after TC=1, where reusing
     connections (RFC 7766 §6.2.1) would buy little. Non-matching messages on the connection are
     skipped. Raises `UpstreamTimeout` past `timeout_s` (connect included), `UpstreamFailed` if
-    the connection fails or closes before a matching reply.
+    the connection fails or closes before a matching reply; `exact_case` as for `exchange_udp`.
     """
     if len(query_wire) > 0xFFFF:
         raise ValueError("query too large for TCP framing")
-    matcher = ReplyMatcher(query_wire)
+    matcher = ReplyMatcher(query_wire, exact_case=exact_case)
     try:
         return await asyncio.wait_for(_tcp_round_trip(host, port, query_wire, matcher), timeout_s)
     except asyncio.TimeoutError:
@@ -444,6 +486,9 @@ async def _tcp_round_trip(host: str, port: int, query_wire: bytes, matcher: Repl
             message = await reader.readexactly(length)
             if matcher.matches(message):
                 return message
+            if matcher.case_differs(message):
+                where = format_address(host, port)
+                raise QnameCaseMismatch(f"{where} (tcp): reply question in another letter case")
     finally:
         writer.close()
 

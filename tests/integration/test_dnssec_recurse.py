@@ -379,6 +379,33 @@ def test_checking_disabled_returns_bogus_data_without_ad(server):
 # Trust anchors
 
 
+def test_answers_stay_secure_with_0x20(server_factory, tree, tmp_path):
+    config = recursive_config(tree, tmp_path, use_0x20=True) | {
+        "dnssec": {"enabled": True, "trust_anchor": str(tree.trust_anchor_path(tmp_path))}
+    }
+    servers = [tree.server(a) for a in (ROOT, ORG, NET, EXAMPLE_ORG, EXAMPLE_NET)]
+    before = [len(s.queries) for s in servers]
+    server = server_factory(config)
+    # Answers, a wildcard, a CNAME across zones, NSEC3 denial, and a retry over TCP: the keys
+    # and proofs fetched in random case validate, and the records keep the client's spelling.
+    for name, qtype in [("WWW.example.ORG", "A"), ("AnyThing.Wild.Example.Org", "A"),
+                        ("alias.example.org", "A"), ("nothing.EXAMPLE.net", "A"),
+                        ("www.example.net", "AAAA")]:
+        reply = ask(server, name, qtype)
+        assert authentic(reply), name
+        assert reply.question[0].name.to_text() == name + "."
+        if reply.answer:
+            assert reply.answer[0].name.to_text() == name + "."
+    query = dns.message.make_query("BIG.example.org", "TXT", use_edns=0, want_dnssec=True)
+    reply, _ = dns.query.udp_with_fallback(query, "127.0.0.1", port=server.port, timeout=6)
+    assert authentic(reply) and types(reply.answer) == {"TXT", "RRSIG(TXT)"}
+    asked = [q for s, n in zip(servers, before) for q in s.queries[n:]]
+    assert any(q.qname != q.qname.lower() for q in asked)
+    big = [q for q in asked if q.qname.lower() == "big.example.org."]
+    # Over TCP after TC=1, the same query: the same spelling, which the reply had to echo.
+    assert [q.transport for q in big] == ["udp", "tcp"] and len({q.qname for q in big}) == 1
+
+
 def test_a_dnskey_trust_anchor_works_like_a_ds(server_factory, tree, tmp_path):
     root = tree.served_zone(".")
     keys = root.get(dns.name.root, T.DNSKEY)

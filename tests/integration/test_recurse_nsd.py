@@ -192,8 +192,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsdHierarchy]:
         hierarchy.stop()
 
 
-@pytest.fixture(scope="module")
-def fastdns(lab: NsdHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=[False, True], ids=["lowercase", "0x20"])
+def fastdns(request: pytest.FixtureRequest, lab: NsdHierarchy,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """fastdns asking NSD in lowercase, and with DNS 0x20 (NSD echoes the case it is asked
+    in): every test that takes it runs against both."""
     config = {
         "resolver": {
             "mode": "recursive",
@@ -202,6 +205,7 @@ def fastdns(lab: NsdHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "nameserver_port": lab.port,
             "timeout_s": 5.0,
             "retry_interval_s": 0.3,
+            "use_0x20": request.param,
         },
         "dnssec": {"enabled": True, "trust_anchor": lab.trust_anchor_path},
     }

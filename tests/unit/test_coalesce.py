@@ -141,6 +141,26 @@ def test_a_cancelled_joiner_does_not_disturb_the_others(run: Runner) -> None:
     run(go())
 
 
+def test_a_joiner_stops_waiting_at_its_own_timeout(run: Runner) -> None:
+    async def go() -> None:
+        co: Coalescer[str] = Coalescer()
+        work = Work()
+        key = ("example.org.", 1)  # any hashable key
+        first = asyncio.ensure_future(co.run(key, work, join_timeout_s=0.01))
+        await work.started()
+        hurried = asyncio.ensure_future(co.run(key, work, join_timeout_s=0.01))
+        patient = asyncio.ensure_future(co.run(key, work))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(hurried, NEVER)
+        # The first caller runs the work itself: the joiners' timeout is not its own.
+        assert not first.done()
+        work.release("answer")
+        assert await first == "answer" and await patient == "answer"
+        assert work.calls == 1 and work.cancelled == 0 and len(co) == 0
+
+    run(go())
+
+
 def test_a_cancelled_first_waiter_still_answers_the_others(run: Runner) -> None:
     async def go() -> None:
         co: Coalescer[str] = Coalescer()

@@ -77,6 +77,7 @@ def test_contract_defaults_beyond_spec() -> None:
     assert settings.logging.query_log is True
     assert (settings.resolver.mode, settings.resolver.timeout_s) == ("forward", 5.0)
     assert settings.resolver.retry_interval_s == 1.0
+    assert settings.resolver.use_0x20 is False  # off, like Unbound's use-caps-for-id
 
 
 def test_no_sources_gives_defaults() -> None:

@@ -71,20 +71,32 @@ def test_a_signed_answer_passes_on_with_or_without_its_signatures() -> None:
     assert without.answer[0] == SIGNED_A.answer[0]
 
 
-def test_several_records_and_an_uncompressed_owner_in_another_case() -> None:
-    # dnspython compresses every owner to a pointer; spell the first one out, in capitals.
+def _two_aaaa_with_the_first_owner_spelt(spelling: bytes) -> bytes:
+    # dnspython compresses every owner to a pointer; spell the first one out.
     owner = dns.name.from_text(QNAME).to_wire()
     header_and_question = response(qtype="AAAA").to_wire()[: 12 + len(owner) + 4]
     wire = bytearray(header_and_question)
     wire[6:8] = (2).to_bytes(2, "big")  # ANCOUNT
     wire[10:12] = b"\0\0"  # no OPT: ARCOUNT 0
     rdata = struct.Struct("!HHIH")
-    wire += owner.upper() + rdata.pack(T.AAAA, 1, 300, 16) + bytes(15) + b"\x01"
+    wire += spelling + rdata.pack(T.AAAA, 1, 300, 16) + bytes(15) + b"\x01"
     wire += b"\xc0\x0c" + rdata.pack(T.AAAA, 1, 300, 16) + bytes(15) + b"\x02"
-    found = scan_direct_answer(bytes(wire), T.AAAA)
+    return bytes(wire)
+
+
+def test_several_records_and_an_uncompressed_owner() -> None:
+    wire = _two_aaaa_with_the_first_owner_spelt(dns.name.from_text(QNAME).to_wire())
+    found = scan_direct_answer(wire, T.AAAA)
     assert found is not None and found.data_count == 2
-    parsed = dns.message.from_wire(direct_reply(bytes(wire), found, keep_dnssec=False))
+    parsed = dns.message.from_wire(direct_reply(wire, found, keep_dnssec=False))
     assert sorted(rd.address for rd in parsed.answer[0]) == ["::1", "::2"]
+
+
+def test_an_uncompressed_owner_in_another_case_takes_the_general_path() -> None:
+    # It could be the random case of a DNS 0x20 query echoed back: passed on, it would reach
+    # clients and the cache; the general path writes it as a pointer to the client's question.
+    wire = _two_aaaa_with_the_first_owner_spelt(b"\x03wWw\x07ExAMplE\x03oRG\x00")
+    assert scan_direct_answer(wire, T.AAAA) is None
 
 
 @pytest.mark.parametrize(

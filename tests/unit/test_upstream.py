@@ -19,7 +19,7 @@ import uvloop
 
 from fastdns._testing.fake_upstream import FakeUpstream, free_port
 from fastdns._testing.host import ipv6_loopback_available, open_fds
-from fastdns.errors import UpstreamFailed, UpstreamTimeout
+from fastdns.errors import QnameCaseMismatch, UpstreamFailed, UpstreamTimeout
 from fastdns.resolve.question import Question
 from fastdns.resolve.upstream import (
     EDNS_UDP_PAYLOAD,
@@ -29,6 +29,7 @@ from fastdns.resolve.upstream import (
     exchange_tcp,
     exchange_udp,
     format_address,
+    randomise_case,
     reply_rcode,
     reply_truncated,
 )
@@ -142,6 +143,97 @@ def test_matcher_rejects_short_and_questionless_replies() -> None:
     no_question.question = []
     assert not matcher.matches(no_question.to_wire())
     assert not matcher.matches(b"")
+
+
+# ------------------------------------------------------------------ DNS 0x20
+
+LONG_NAME = dns.name.from_text("averyveryverylongname.example.org.").to_wire()
+
+
+def with_qname(reply: dns.message.Message, name: bytes) -> bytes:
+    """`reply`'s wire with its qname replaced by `name` (same length, another spelling)."""
+    wire = reply.to_wire()
+    return wire[:12] + name + wire[12 + len(name) :]
+
+
+def test_randomise_case_changes_only_the_case_of_letters() -> None:
+    name = b"\x03w-1\x07example\x03org\x00"
+    spellings = {randomise_case(name) for _ in range(200)}
+    assert all(s.lower() == name for s in spellings)
+    # 11 letters: 2048 spellings, each letter up or down by its own random bit.
+    assert len(spellings) > 100
+    for i, byte in enumerate(name):
+        assert {s[i] for s in spellings} == (
+            {byte, byte ^ 0x20} if chr(byte).isalpha() else {byte}
+        ), i
+
+
+def test_exact_matcher_takes_only_the_case_that_was_sent() -> None:
+    sent = randomise_case(LONG_NAME)
+    _, query = build_query(Question(sent, dns.rdatatype.A, dns.rdataclass.IN))
+    exact = ReplyMatcher(query, exact_case=True)
+    echoed = reply_to(query)
+    assert exact.matches(echoed.to_wire()) and not exact.case_differs(echoed.to_wire())
+    for other in (LONG_NAME, LONG_NAME.upper(), bytes(b ^ 0x20 if chr(b).isalpha() else b
+                                                      for b in sent)):
+        reply = with_qname(echoed, other)
+        assert not exact.matches(reply)
+        assert exact.case_differs(reply)  # the reply, but for the case: a failed attempt
+        assert ReplyMatcher(query).matches(reply)  # the default stays case-insensitive
+        assert not ReplyMatcher(query).case_differs(reply)
+
+
+def test_exact_matcher_case_differs_only_for_the_right_reply_in_another_case() -> None:
+    sent = randomise_case(LONG_NAME)
+    qid, query = build_query(Question(sent, dns.rdatatype.A, dns.rdataclass.IN))
+    exact = ReplyMatcher(query, exact_case=True)
+    lowered = with_qname(reply_to(query), LONG_NAME)
+    wrong_id = with_qname(reply_to(query, id=(qid + 1) & 0xFFFF), LONG_NAME)
+    wrong_type = bytearray(lowered)
+    wrong_type[12 + len(sent) + 1] = dns.rdatatype.NS
+    for reply in (wrong_id, bytes(wrong_type), query.lower(), lowered[:20], b""):
+        assert not exact.case_differs(reply)
+    assert exact.case_differs(lowered)
+
+
+def _lowercasing(query: dns.message.Message) -> dns.message.Message:
+    """A server that does not preserve the case of the question."""
+    reply = dns.message.make_response(query)
+    question = reply.question[0]
+    reply.question = [dns.rrset.RRset(dns.name.from_text(question.name.to_text().lower()),
+                                      question.rdclass, question.rdtype)]
+    return reply
+
+
+def test_udp_exact_case_fails_at_once_on_a_reply_in_another_case(run: Runner) -> None:
+    seen: list[bytes] = []
+    with FakeUpstream().answer_fn(_lowercasing) as up:
+        q = Question(LONG_NAME.upper(), dns.rdatatype.A, dns.rdataclass.IN)
+        _, query = build_query(q)
+        # Not a timeout: the reply came, in the wrong case.
+        with pytest.raises(QnameCaseMismatch, match=up.address):
+            run(exchange_udp(up.host, up.port, query, 30.0, exact_case=True,
+                             on_mismatch=seen.append))
+        assert len(seen) == 1
+        got = run(exchange_udp(up.host, up.port, query, 2.0))  # case-insensitive by default
+        assert got[12 : 12 + len(LONG_NAME)] == LONG_NAME
+
+
+def test_tcp_exact_case_fails_on_a_reply_in_another_case(run: Runner) -> None:
+    with FakeUpstream().answer_fn(_lowercasing) as up:
+        _, query = build_query(Question(LONG_NAME.upper(), dns.rdatatype.A, dns.rdataclass.IN))
+        with pytest.raises(QnameCaseMismatch, match="tcp"):
+            run(exchange_tcp(up.host, up.port, query, 30.0, exact_case=True))
+        assert ReplyMatcher(query).matches(run(exchange_tcp(up.host, up.port, query, 2.0)))
+
+
+def test_exact_case_accepts_an_echo_of_the_random_case(run: Runner) -> None:
+    with FakeUpstream().answer("averyveryverylongname.example.org. 300 IN A 192.0.2.1") as up:
+        sent = randomise_case(LONG_NAME)
+        _, query = build_query(Question(sent, dns.rdatatype.A, dns.rdataclass.IN))
+        got = run(exchange_udp(up.host, up.port, query, 2.0, exact_case=True))
+        assert got[12 : 12 + len(sent)] == sent
+        assert up.queries[0].wire[12 : 12 + len(sent)] == sent
 
 
 def test_rcode_and_tc_helpers() -> None:
