@@ -30,6 +30,8 @@ class Run:
     # included), i.e. the hit ratio of a cache that never evicts. The servers do not
     # expose their own hit ratio, so this is the client-side upper bound.
     repeat_pct: float = math.nan
+    # fastdns+log only: answers the generators got that have no line in the query log.
+    query_log_missing: int | None = None
 
     @property
     def lost_pct(self) -> float:

@@ -267,11 +267,13 @@ class Bench:
                 raise BenchError(f"{resolver.name} did not start answering on 127.0.0.1:{port}:\n"
                                  f"{server.stderr_tail()}")
             seen = self.workdir / f"{tag}.seen" if workload == "mixed" else None
+            answered = 0  # by the generators, for the query-log check below
             if workload != "uncached":
                 warm = self.generate(f"{tag}-warm", port, workload, warm=True, seen=seen,
                                      seed=2 * index)
                 if warm.completed < warm.sent:
                     _log(f"  warm-up: {warm.sent - warm.completed} of {warm.sent} lost")
+                answered += warm.completed
             cpu_before, jiffies_before = tree_cpu_seconds(server.pid), cpu_jiffies()
             report = self.generate(f"{tag}-load", port, workload, warm=False, seen=seen,
                                    seed=2 * index + 1)
@@ -281,6 +283,11 @@ class Bench:
                 raise BenchError(f"{resolver.name} exited during the run:\n{server.stderr_tail()}")
         finally:
             self.procs.stop(server)
+        answered += report.completed
+        log_missing = None
+        if resolver.query_log:
+            # Every answer is a line (the readiness probes add a few): none may be missing.
+            log_missing = max(0, answered - _count_lines(self.workdir / tag, "query.log*"))
         server_cpu_s = cpu_after - cpu_before
         cpu_us = server_cpu_s * 1e6 / report.completed if report.completed else math.nan
         wall = report.run_time_s or math.nan
@@ -299,10 +306,19 @@ class Bench:
                    cpu_us_per_query=cpu_us, server_cpu_pct=server_cpu_pct,
                    other_on_server_cpu_pct=other_pct,
                    dnsperf_cpu_pct=100 * self.last_dnsperf_cpu_s / wall,
-                   peak_rss_kib=rss, rcodes=report.rcodes,
+                   peak_rss_kib=rss, rcodes=report.rcodes, query_log_missing=log_missing,
                    repeat_pct=(100 * report.repeats / (report.repeats + report.distinct)
                                if workload == "mixed" and report.repeats + report.distinct
                                else math.nan))
+
+
+def _count_lines(directory: Path, pattern: str) -> int:
+    """Lines in the files matching `pattern` (the query log and its rotated files)."""
+    total = 0
+    for path in directory.glob(pattern):
+        with path.open("rb") as f:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return total
 
 
 def _count_repeats(report: dnsperf.DnsperfReport, ranks: list[int],
@@ -348,6 +364,8 @@ def _measure(bench: Bench, resolver: Resolver) -> list[Result]:
             _log(f"  {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms, "
                  f"lost {run.lost}, {run.cpu_us_per_query:.1f} cpu us/q, "
                  + (f"ideal hit {run.repeat_pct:.1f}%, " if workload == "mixed" else "")
+                 + (f"query log lines missing {run.query_log_missing}, "
+                    if run.query_log_missing is not None else "")
                  + f"server {run.server_cpu_pct:.0f}% / {args.generator} "
                  f"{run.dnsperf_cpu_pct:.0f}% cpu, "
                  f"other load on the server's CPU {run.other_on_server_cpu_pct:.0f}%")

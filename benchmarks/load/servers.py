@@ -124,6 +124,11 @@ class Resolver:
     name: str
     binary: str
 
+    @property
+    def query_log(self) -> bool:
+        """Whether this configuration writes fastdns's JSON query log."""
+        return self.name == "fastdns+log"
+
     def missing_reason(self) -> str | None:
         if self.binary == "fastdns":
             probe = subprocess.run([sys.executable, "-m", "fastdns", "version"],
@@ -166,7 +171,7 @@ class Resolver:
             return _unbound(workdir, port, upstream_port, cache_mb=cache_mb, recursion=recursion)
         if self.binary == "dnsmasq":
             return _dnsmasq(workdir, port, upstream_port)
-        return _fastdns(workdir, port, upstream_port, query_log=self.name == "fastdns+log",
+        return _fastdns(workdir, port, upstream_port, query_log=self.query_log,
                         cache_mb=cache_mb, recursion=recursion)
 
 
@@ -280,7 +285,8 @@ def _fastdns(workdir: Path, port: int, upstream_port: int, *, query_log: bool,
         # Recursing, the upstream is never asked: a loopback port, never the public defaults.
         "upstream_servers": [f"{LOOPBACK}:{upstream_port or free_port()}"],
         "cache": {"max_size_mb": cache_mb or 512},
-        "logging": {"level": "WARNING", "query_log": query_log,
+        # Rotation at 4 GB: a run's every line stays on disk, to be counted.
+        "logging": {"level": "WARNING", "query_log": query_log, "max_size_mb": 4096,
                     "file": str(workdir / ("query.log" if query_log else "fastdns.log"))},
         "security": {"rate_limit_per_ip": 0},
         "web": {"enabled": False},
