@@ -48,6 +48,7 @@ from fastdns.resolve.upstream import (
     exchange_udp,
     format_address,
     randomise_case,
+    reply_rejects_edns,
     reply_truncated,
 )
 
@@ -201,6 +202,7 @@ class Recursor:
         self.lookups: Coalescer[bytes] = Coalescer()
         self.queries_sent = 0
         self.case_fallbacks = 0  # steps asked again in lowercase (0x20 not echoed)
+        self.edns_fallbacks = 0  # queries asked again without EDNS (RFC 6891 §7)
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -545,6 +547,13 @@ class Recursor:
         started = time.monotonic()
         wire = await exchange_udp(host, int(port), query_wire, max(0.001, budget.left_s()),
                                   exact_case=mixed_case)
+        if reply_rejects_edns(wire):
+            # RFC 6891 §7: a server that does not know EDNS is asked again without it, and so
+            # without DO (under a signed delegation its unsigned answer then fails validation).
+            self.edns_fallbacks += 1
+            _, query_wire = build_query(q, recursion_desired=False, edns=False)
+            wire = await exchange_udp(host, int(port), query_wire, max(0.001, budget.left_s()),
+                                      exact_case=mixed_case)
         if reply_truncated(wire):
             # RFC 7766 §5: a truncated UDP reply is re-asked over TCP, of the same server.
             wire = await exchange_tcp(host, int(port), query_wire, max(0.001, budget.left_s()),

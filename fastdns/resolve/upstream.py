@@ -21,7 +21,13 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 
-from fastdns.errors import QnameCaseMismatch, UpstreamFailed, UpstreamTimeout
+from fastdns.errors import (
+    RCODE_FORMERR,
+    RCODE_NOTIMP,
+    QnameCaseMismatch,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from fastdns.resolve.question import Question
 
 HEADER_SIZE = 12
@@ -86,7 +92,8 @@ if hasattr(os, "register_at_fork"):
 _next_id = _random_ids.next
 
 
-def build_query(q: Question, *, recursion_desired: bool = True) -> tuple[int, bytes]:
+def build_query(q: Question, *, recursion_desired: bool = True,
+                edns: bool = True) -> tuple[int, bytes]:
     """Build the upstream query for `q`; return (message ID, wire bytes).
 
     The ID comes from the OS CSPRNG: with the random source port of each exchange it is what
@@ -94,13 +101,17 @@ def build_query(q: Question, *, recursion_desired: bool = True) -> tuple[int, by
     resolver, RD=0 when the recursor asks an authoritative server (RFC 1034 §5.3.1); CD is
     passed on as the client set it (RFC 4035 §3.2.2). An EDNS0 OPT
     record advertises `EDNS_UDP_PAYLOAD` and carries DO when the client asked for DNSSEC
-    records (RFC 6891, RFC 3225).
+    records (RFC 6891, RFC 3225); `edns=False` leaves it out, for a server that cannot
+    parse it (RFC 6891 §7).
     """
     qid = _next_id()
     flags = (FLAG_RD if recursion_desired else 0) | (FLAG_CD if q.cd else 0)
-    header = _HEADER.pack(qid, flags, 1, 0, 0, 1)
+    header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
+    question = q.qname_wire + _QTYPE_QCLASS.pack(q.qtype, q.qclass)
+    if not edns:
+        return qid, header + question
     opt = b"\x00" + _OPT.pack(QTYPE_OPT, EDNS_UDP_PAYLOAD, EDNS_FLAG_DO if q.do else 0, 0)
-    return qid, header + q.qname_wire + _QTYPE_QCLASS.pack(q.qtype, q.qclass) + opt
+    return qid, header + question + opt
 
 
 def randomise_case(qname_wire: bytes) -> bytes:
@@ -186,6 +197,14 @@ def _question_name_end(wire: bytes) -> int:
 def reply_rcode(reply: bytes) -> int:
     """The 4-bit header RCODE of a matched reply."""
     return reply[3] & 0x0F
+
+
+def reply_rejects_edns(reply: bytes) -> bool:
+    """True for FORMERR or NOTIMP with an empty additional section, where an OPT would be:
+    the answer of a server that does not know EDNS to a query that had one (RFC 6891 §7: ask
+    it again without). A server that knows EDNS puts an OPT in its FORMERR, and then its
+    objection is to something else."""
+    return reply_rcode(reply) in (RCODE_FORMERR, RCODE_NOTIMP) and reply[10:12] == b"\x00\x00"
 
 
 def reply_truncated(reply: bytes) -> bool:

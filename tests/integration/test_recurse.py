@@ -408,3 +408,43 @@ def test_a_cancelled_lookup_does_not_fail_the_questions_that_joined_it(tree, tmp
     reply = asyncio.run(go())
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # NODATA
     assert recursor.lookups.taken_over == 1
+
+
+# -- servers that do not know EDNS -----------------------------------------------------------
+
+
+def _without_edns(tree: Hierarchy, address: str) -> Callable[[dns.message.Message], Any]:
+    """The server at `address` as one that predates EDNS: FORMERR, with no OPT, to any query
+    that carries one (RFC 6891 §7), and its usual answer to the rest."""
+    def reply(query: dns.message.Message) -> dns.message.Message:
+        if query.edns >= 0:
+            formerr = dns.message.make_response(query)
+            formerr.use_edns(False)
+            formerr.set_rcode(dns.rcode.FORMERR)
+            return formerr
+        return tree.reply(address, query)
+    return reply
+
+
+def test_a_server_without_edns_is_asked_again_without_it(tree, tmp_path):
+    tree.server(EXAMPLE).answer_fn(_without_edns(tree, EXAMPLE))
+    recursor = _recursor(tree, tmp_path)
+    answer = asyncio.run(recursor.resolve(_question("www.example.org.")))
+    reply = dns.message.from_wire(answer.reply_wire)
+    assert _answers(reply) == ["192.0.2.1"]
+    assert recursor.edns_fallbacks == 1
+    asked = [(q.qname, q.has_edns) for q in tree.server(EXAMPLE).queries]
+    assert asked == [("www.example.org.", True), ("www.example.org.", False)]
+
+
+def test_a_formerr_that_carries_an_opt_is_not_an_edns_problem(tree, tmp_path):
+    def formerr_with_opt(query: dns.message.Message) -> dns.message.Message:
+        reply = dns.message.make_response(query)
+        reply.set_rcode(dns.rcode.FORMERR)
+        return reply  # make_response echoes EDNS: the server knows it
+    tree.server(EXAMPLE).answer_fn(formerr_with_opt)
+    recursor = _recursor(tree, tmp_path)
+    with pytest.raises(Exception, match="example.org"):
+        asyncio.run(recursor.resolve(_question("www.example.org.")))
+    assert recursor.edns_fallbacks == 0
+    assert all(q.has_edns for q in tree.server(EXAMPLE).queries)

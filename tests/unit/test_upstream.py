@@ -31,6 +31,7 @@ from fastdns.resolve.upstream import (
     format_address,
     randomise_case,
     reply_rcode,
+    reply_rejects_edns,
     reply_truncated,
 )
 
@@ -494,3 +495,26 @@ def test_udp_exchange_reports_a_closed_port_as_an_error(run: Runner) -> None:
     assert [kind for kind, _ in events] == ["error"]
     assert isinstance(events[0][1], ConnectionRefusedError)
     assert closed_by_itself
+
+
+def test_a_query_without_edns_has_no_opt_record() -> None:
+    q = Q_A._replace(do=True)
+    _, wire = build_query(q, edns=False)
+    message = dns.message.from_wire(wire)
+    assert message.edns == -1 and len(wire) == 12 + len(q.qname_wire) + 4
+
+
+@pytest.mark.parametrize(
+    ("rcode", "with_opt", "rejects"),
+    [(dns.rcode.FORMERR, False, True), (dns.rcode.NOTIMP, False, True),
+     (dns.rcode.FORMERR, True, False), (dns.rcode.SERVFAIL, False, False),
+     (dns.rcode.NOERROR, False, False)],
+)
+def test_only_formerr_or_notimp_without_opt_rejects_edns(rcode: int, with_opt: bool,
+                                                         rejects: bool) -> None:
+    query = dns.message.make_query("example.org.", "A", use_edns=0)
+    reply = dns.message.make_response(query)
+    if not with_opt:
+        reply.use_edns(False)
+    reply.set_rcode(rcode)
+    assert reply_rejects_edns(reply.to_wire()) is rejects
