@@ -60,6 +60,8 @@ class TcpConnection(asyncio.Protocol):
         self._peer = b""
         self._pending: set[asyncio.Task[None]] = set()
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._last_active = 0.0  # monotonic seconds of the last query or answer
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_reading = False
         self._closing = False
 
@@ -80,7 +82,8 @@ class TcpConnection(asyncio.Protocol):
             stream.abort()
             return
         stream.set_write_buffer_limits(high=256 * 1024)
-        self._arm_idle_timer()
+        self._loop = asyncio.get_running_loop()
+        self._touch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.connections.discard(self)
@@ -108,7 +111,7 @@ class TcpConnection(asyncio.Protocol):
                 self._write(reply)
         if pos:
             del buf[:pos]
-        self._arm_idle_timer()
+        self._touch()
 
     def eof_received(self) -> bool | None:
         # Half-close: finish pending answers, then close (RFC 7766 §6.2.4).
@@ -142,7 +145,8 @@ class TcpConnection(asyncio.Protocol):
             self._transport.write(struct.pack("!H", len(reply)) + reply)
 
     def _start_miss(self, query: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer_miss(query, monotonic_now()))
+        assert self._loop is not None
+        task = self._loop.create_task(self._answer_miss(query, monotonic_now()))
         self._pending.add(task)
         task.add_done_callback(self._miss_done)
         if len(self._pending) >= MAX_PENDING_PER_CONNECTION and self._transport is not None:
@@ -162,7 +166,7 @@ class TcpConnection(asyncio.Protocol):
         if self._closing and not self._pending and self._transport is not None:
             self._transport.close()
         else:
-            self._arm_idle_timer()
+            self._touch()
 
     def _maybe_resume_reading(self) -> None:
         if (self._paused_reading and self._transport is not None
@@ -171,17 +175,22 @@ class TcpConnection(asyncio.Protocol):
             self._paused_reading = False
             self._transport.resume_reading()
 
-    def _arm_idle_timer(self) -> None:
-        # RFC 7766 §6.2.3: close connections that stay idle; a connection waiting on an
-        # upstream answer is not idle.
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle_handle = loop.call_later(self._state.idle_timeout_s, self._on_idle)
+    def _touch(self) -> None:
+        """Note activity. RFC 7766 §6.2.3: connections that stay idle are closed. The timer is
+        not moved on every query (a timer per query costs more than the query): it fires at
+        the first deadline and, if the connection was active since, waits out the rest."""
+        self._last_active = monotonic_now()
+        if self._idle_handle is None and not self._closing and self._loop is not None:
+            self._idle_handle = self._loop.call_later(self._state.idle_timeout_s, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle_handle = None
-        if self._pending:
-            self._arm_idle_timer()
+        if self._closing or self._loop is None:
+            return
+        idle_s = monotonic_now() - self._last_active
+        if self._pending or idle_s < self._state.idle_timeout_s:
+            # Waiting on an upstream is not idle; otherwise wait out what is left.
+            wait_s = self._state.idle_timeout_s - (0.0 if self._pending else idle_s)
+            self._idle_handle = self._loop.call_later(wait_s, self._on_idle)
         elif self._transport is not None:
             self._transport.close()
