@@ -14,7 +14,7 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.errno cimport EAGAIN, EINTR, ENOSYS, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from fastdns._logenc cimport LogHead, encode_log, log_record_size
 from fastdns._lru cimport Entry, LruCache, entry_offsets, entry_wire
@@ -579,14 +579,33 @@ cdef class HitPath:
         self.log_len = 0
         return out
 
-    def drain_log_json(self, list upstream_names not None, random_bytes=None) -> bytes:
-        """Every buffered record as SPEC §4 JSON lines (fastdns._logenc, one call per batch);
-        empties the buffer. upstream_names maps upstream indexes to names; random_bytes (16
-        per record, default os.urandom) supplies the request ids. Runs in the log pump."""
+    def drain_log_json(self, list upstream_names not None, random_bytes=None,
+                       size_t max_bytes=0) -> bytes:
+        """Buffered records as SPEC §4 JSON lines (fastdns._logenc, one call per batch), oldest
+        first, removed from the buffer: all of them, or with max_bytes > 0 those in the first
+        max_bytes of the buffer (at least one), so the pump can let the hit path run between
+        bounded chunks. upstream_names maps upstream indexes to names; random_bytes (16 per
+        record, default os.urandom) supplies the request ids. Runs in the log pump."""
+        cdef size_t take = self.log_len
+        cdef size_t size
+        if max_bytes and take > max_bytes:
+            take = log_record_size(<LogHead*>self.log_buf)
+            while take < self.log_len:
+                size = log_record_size(<LogHead*>(self.log_buf + take))
+                if take + size > max_bytes:
+                    break
+                take += size
         try:
-            return encode_log(self.log_buf, self.log_len, upstream_names, random_bytes)
+            return encode_log(self.log_buf, take, upstream_names, random_bytes)
         finally:
-            self.log_len = 0
+            # The rest moves to the front (records only ever append at log_len).
+            memmove(self.log_buf, self.log_buf + take, self.log_len - take)
+            self.log_len -= take
+
+    @property
+    def log_pending_bytes(self) -> int:
+        """Bytes of query-log records waiting for the pump."""
+        return self.log_len
 
     def counters(self) -> dict:
         return {

@@ -38,6 +38,7 @@ from fastdns.transport import TcpConnection, TcpServerState, UdpProtocol
 log = logging.getLogger("fastdns")
 
 LOG_PUMP_INTERVAL_S = 0.05
+LOG_PUMP_CHUNK_BYTES = 32 * 1024  # query-log records encoded per pump step (~250)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Allocations (less frees) between first-generation collections; CPython's default is 700.
 GC_GEN0_THRESHOLD = 10_000
@@ -279,19 +280,26 @@ def _compose_resolver(settings: Settings) -> tuple[Stage, list[str]]:
 
 
 async def _pump_query_log(rt: Runtime) -> None:
-    """Encode the C buffer's records as JSON lines (in C, one call per batch) and write them."""
+    """Encode the C buffer's records as JSON lines (in C, one call per chunk) and write them.
+
+    A chunk is at most LOG_PUMP_CHUNK_BYTES of records (about 250), and the loop runs
+    between chunks: a busy moment's backlog is written in slices of a fraction of a millisecond,
+    never in one stall that every query waiting behind it would feel as latency."""
     assert rt.querylog is not None
     names = rt.misspath.upstream_names
     while True:
         await asyncio.sleep(LOG_PUMP_INTERVAL_S)
-        _drain_into(rt, names)
+        while _drain_into(rt, names, LOG_PUMP_CHUNK_BYTES):
+            await asyncio.sleep(0)
 
 
-def _drain_into(rt: Runtime, names: list[str]) -> None:
+def _drain_into(rt: Runtime, names: list[str], max_bytes: int = 0) -> bool:
+    """Write buffered records (all, or the first `max_bytes` of them); True if some remain."""
     assert rt.querylog is not None
-    data = rt.hitpath.drain_log_json(names)
+    data = rt.hitpath.drain_log_json(names, None, max_bytes)
     if data:
         rt.querylog.write_encoded(data, data.count(b"\n"))
+    return rt.hitpath.log_pending_bytes > 0
 
 
 def _use_udp_batching(settings: Settings, have_mmsg: bool = HAVE_MMSG) -> bool:

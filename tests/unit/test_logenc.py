@@ -294,3 +294,20 @@ def test_write_encoded_counts_write_errors() -> None:
     qlog = QueryLog(None, stream=Broken())
     qlog.write_encoded(b"x\ny\n", 2)
     assert (qlog.written, qlog.dropped, qlog.write_errors) == (0, 2, 1)
+
+
+def test_hitpath_drains_in_bounded_chunks_oldest_first() -> None:
+    hp = HitPath(LruCache(1 << 20), allowed_networks=[], rate_per_s=0.0, log_enabled=True)
+    q, r = HAND_PICKED[0]
+    for i in range(10):
+        hp.log_miss(q, r, pack_sockaddr((f"192.0.2.{i}", 53)), 0.25, 1)
+    one = hp.log_pending_bytes // 10
+    chunks = []
+    while hp.log_pending_bytes:
+        chunks.append(hp.drain_log_json(NAMES, None, 3 * one + 1))
+    assert [chunk.count(b"\n") for chunk in chunks] == [3, 3, 3, 1]
+    clients = [json.loads(line)["client_ip"] for chunk in chunks for line in chunk.splitlines()]
+    assert clients == [f"192.0.2.{i}" for i in range(10)]
+    # A bound below one record still moves the pump on by one record.
+    hp.log_miss(q, r, pack_sockaddr(("192.0.2.99", 53)), 0.25, 1)
+    assert hp.drain_log_json(NAMES, None, 1).count(b"\n") == 1 and hp.log_pending_bytes == 0
