@@ -248,7 +248,13 @@ cdef class HitPath:
     cdef bint log_enabled
     cdef unsigned char* log_buf
     cdef size_t log_cap
+    # Records are appended at log_len; the pump reads from log_start. The space before
+    # log_start is reclaimed when the pump catches up, or by one move (_compact_log) when an
+    # append finds no room after log_len.
+    #   log_buf: [ drained | waiting: log_start .. log_len | free ... log_cap ]
+    cdef size_t log_start
     cdef size_t log_len
+    cdef size_t log_batch_mark  # where this recvmmsg batch's records start (moves with them)
     cdef public object on_miss
     cdef int fd
     cdef mmsghdr in_msgs[BATCH]
@@ -401,8 +407,10 @@ cdef class HitPath:
         cdef LogHead* h
         cdef ClientAddr a
         if self.log_len + need > self.log_cap:
-            self.log_dropped += 1      # DNS never waits for logging
-            return
+            if self.log_len - self.log_start + need > self.log_cap:
+                self.log_dropped += 1  # DNS never waits for logging
+                return
+            self._compact_log()        # room before log_start that the pump has drained
         h = <LogHead*>(self.log_buf + self.log_len)
         client_addr(sa, &a)
         h.wall_time = wall
@@ -418,6 +426,14 @@ cdef class HitPath:
         memcpy(<unsigned char*>(h + 1) + qlen, reply, rlen)
         # Keep records 8-byte aligned so the next LogHead's doubles are aligned.
         self.log_len += (need + 7) & ~(<size_t>7)
+
+    cdef void _compact_log(self) noexcept:
+        # Move the records still waiting to the front of the buffer.
+        cdef size_t shift = self.log_start
+        memmove(self.log_buf, self.log_buf + shift, self.log_len - shift)
+        self.log_len -= shift
+        self.log_batch_mark = self.log_batch_mark - shift if self.log_batch_mark > shift else 0
+        self.log_start = 0
 
     # -- UDP: batches in C ---------------------------------------------------------------
 
@@ -450,7 +466,6 @@ cdef class HitPath:
         cdef Query q
         cdef int action
         cdef double now, wall, done
-        cdef size_t batch_log_start
         cdef unsigned char* inb
         cdef unsigned char* outb
         if self.fd < 0:
@@ -464,7 +479,7 @@ cdef class HitPath:
                 break
             now = clock_now(CLOCK_MONOTONIC)
             wall = clock_now(CLOCK_REALTIME) if self.log_enabled else 0.0
-            batch_log_start = self.log_len
+            self.log_batch_mark = self.log_len
             nsend = 0
             self.udp_queries += got
             for i in range(got):
@@ -497,9 +512,9 @@ cdef class HitPath:
                     sent += 1
                     continue
                 sent += i
-            if self.log_enabled and self.log_len > batch_log_start:
+            if self.log_enabled and self.log_len > self.log_batch_mark:
                 done = clock_now(CLOCK_MONOTONIC) - now
-                self._stamp_elapsed(batch_log_start, done)
+                self._stamp_elapsed(self.log_batch_mark, done)
             if got < BATCH:
                 break
 
@@ -559,7 +574,7 @@ cdef class HitPath:
         """Every buffered record as (wall_time, client_ip, query, reply, cache_hit,
         upstream_index or -1, elapsed_us); empties the buffer. Runs in the writer task."""
         cdef list out = []
-        cdef size_t pos = 0
+        cdef size_t pos = self.log_start
         cdef LogHead* h
         cdef char text[64]
         cdef const unsigned char* body
@@ -576,7 +591,7 @@ cdef class HitPath:
                         bool(h.cache_hit), -1 if h.upstream == 0xFFFF else h.upstream,
                         int(h.elapsed_s * 1e6)))
             pos += log_record_size(h)
-        self.log_len = 0
+        self.log_start = self.log_len = 0
         return out
 
     def drain_log_json(self, list upstream_names not None, random_bytes=None,
@@ -586,26 +601,28 @@ cdef class HitPath:
         max_bytes of the buffer (at least one), so the pump can let the hit path run between
         bounded chunks. upstream_names maps upstream indexes to names; random_bytes (16 per
         record, default os.urandom) supplies the request ids. Runs in the log pump."""
-        cdef size_t take = self.log_len
+        cdef size_t start = self.log_start
+        cdef size_t end = self.log_len
         cdef size_t size
-        if max_bytes and take > max_bytes:
-            take = log_record_size(<LogHead*>self.log_buf)
-            while take < self.log_len:
-                size = log_record_size(<LogHead*>(self.log_buf + take))
-                if take + size > max_bytes:
+        if max_bytes and end - start > max_bytes:
+            end = start + log_record_size(<LogHead*>(self.log_buf + start))
+            while end < self.log_len:
+                size = log_record_size(<LogHead*>(self.log_buf + end))
+                if end - start + size > max_bytes:
                     break
-                take += size
+                end += size
         try:
-            return encode_log(self.log_buf, take, upstream_names, random_bytes)
+            return encode_log(self.log_buf + start, end - start, upstream_names, random_bytes)
         finally:
-            # The rest moves to the front (records only ever append at log_len).
-            memmove(self.log_buf, self.log_buf + take, self.log_len - take)
-            self.log_len -= take
+            if end == self.log_len:
+                self.log_start = self.log_len = 0
+            else:
+                self.log_start = end   # reclaimed when the pump catches up, or by log_record
 
     @property
     def log_pending_bytes(self) -> int:
         """Bytes of query-log records waiting for the pump."""
-        return self.log_len
+        return self.log_len - self.log_start
 
     def counters(self) -> dict:
         return {

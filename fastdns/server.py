@@ -282,14 +282,18 @@ def _compose_resolver(settings: Settings) -> tuple[Stage, list[str]]:
 async def _pump_query_log(rt: Runtime) -> None:
     """Encode the C buffer's records as JSON lines (in C, one call per chunk) and write them.
 
-    A chunk is at most LOG_PUMP_CHUNK_BYTES of records (about 250), and the loop runs
-    between chunks: a busy moment's backlog is written in slices of a fraction of a millisecond,
-    never in one stall that every query waiting behind it would feel as latency."""
+    The loop runs between chunks, so a busy moment's backlog is written in slices of a
+    fraction of a millisecond, not in one stall that every query waiting behind it would feel
+    as latency. A chunk is LOG_PUMP_CHUNK_BYTES of records (about 250), or a 16th of the
+    backlog when that is more: at full load the hit path logs more per loop turn than one
+    small chunk holds, and the pump must still catch up rather than let the buffer fill."""
     assert rt.querylog is not None
     names = rt.misspath.upstream_names
+    hitpath = rt.hitpath
     while True:
         await asyncio.sleep(LOG_PUMP_INTERVAL_S)
-        while _drain_into(rt, names, LOG_PUMP_CHUNK_BYTES):
+        while _drain_into(rt, names,
+                          max(LOG_PUMP_CHUNK_BYTES, hitpath.log_pending_bytes // 16)):
             await asyncio.sleep(0)
 
 

@@ -311,3 +311,29 @@ def test_hitpath_drains_in_bounded_chunks_oldest_first() -> None:
     # A bound below one record still moves the pump on by one record.
     hp.log_miss(q, r, pack_sockaddr(("192.0.2.99", 53)), 0.25, 1)
     assert hp.drain_log_json(NAMES, None, 1).count(b"\n") == 1 and hp.log_pending_bytes == 0
+
+
+def test_records_logged_between_bounded_drains_come_out_in_order() -> None:
+    # The pump drains in chunks while the hit path keeps appending behind them; once the
+    # pump is past half the buffer the rest moves to the front, and nothing is lost.
+    hp = HitPath(LruCache(1 << 20), allowed_networks=[], rate_per_s=0.0, log_enabled=True,
+                 log_buffer_bytes=4096)
+    q, r = HAND_PICKED[0]
+    hp.log_miss(q, r, pack_sockaddr(("192.0.2.0", 53)), 0.25, 1)
+    size = hp.log_pending_bytes
+    for i in range(1, 4096 // size):
+        hp.log_miss(q, r, pack_sockaddr((f"192.0.2.{i}", 53)), 0.25, 1)
+    logged = 4096 // size
+    out: list[str] = []
+    for step in range(4 * logged):
+        # One record out per step, and one in every other step, until the buffer is drained.
+        out += [json.loads(line)["client_ip"]
+                for line in hp.drain_log_json(NAMES, None, size).splitlines()]
+        if step % 2 and logged < 200:
+            hp.log_miss(q, r, pack_sockaddr((f"192.0.2.{logged}", 53)), 0.25, 1)
+            logged += 1
+        if not hp.log_pending_bytes:
+            break
+    assert out == [f"192.0.2.{i}" for i in range(logged)]
+    assert logged > 4096 // size  # appended after the buffer was first full
+    assert hp.counters()["log_dropped"] == 0
