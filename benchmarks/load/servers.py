@@ -20,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.load.dnswire import LOOPBACK
 from benchmarks.load.procs import BenchError
+from fastdns._testing.nsd_lab import nsd_config
 
 ZONE = "bench.example."
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -84,33 +85,8 @@ def nsd_launch(workdir: Path, port: int) -> Launch:
         "ns IN A 127.0.0.1\n"
         "* IN A 192.0.2.1\n"
     )
-    conf = f"""server:
-  ip-address: {LOOPBACK}
-  port: {port}
-  do-ip4: yes
-  do-ip6: no
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "{workdir}"
-  database: ""
-  zonelistfile: "{workdir}/nsd.zone.list"
-  xfrdfile: "{workdir}/nsd.xfrd.state"
-  xfrdir: "{workdir}"
-  pidfile: "{workdir}/nsd.pid"
-  logfile: "{workdir}/nsd.log"
-  verbosity: 0
-  refuse-any: yes
-  # Response rate limiting is on by default (200 qps per client prefix); every query
-  # here comes from 127.0.0.1, so it would throttle the upstream to a trickle.
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-remote-control:
-  control-enable: no
-zone:
-  name: "{ZONE}"
-  zonefile: "{zonefile}"
-"""
+    conf = nsd_config(LOOPBACK, port, workdir, [(ZONE, zonefile)], verbosity=0,
+                      extra="  refuse-any: yes\n")
     assert_loopback_only(conf, "nsd.conf")
     path = workdir / "nsd.conf"
     path.write_text(conf)

@@ -1,9 +1,12 @@
-"""Facts about the test host that several test modules check: open descriptors, IPv6 loopback."""
+"""Facts about the test host that several test modules check: open descriptors, IPv6 loopback,
+the processes running (to stop every child a test or benchmark started)."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 
 def open_fds() -> int:
@@ -21,3 +24,17 @@ def ipv6_loopback_available() -> bool:
     except OSError:
         return False
     return True
+
+
+def process_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) for every process now:
+    fields[0] is the state, [1] the parent PID, [2] the process group (proc(5))."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone since the listing
+        # The command name may contain spaces and parentheses: fields start after the last ')'.
+        yield int(entry), stat[stat.rfind(")") + 2:].split()

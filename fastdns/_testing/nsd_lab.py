@@ -38,6 +38,7 @@ import dns.name
 import dns.query
 import dns.zonefile
 
+from fastdns._testing.host import process_stats
 from fastdns._testing.server_process import terminate
 
 if TYPE_CHECKING:
@@ -167,18 +168,7 @@ def _run(argv: Sequence[str], cwd: Path) -> str:
 
 def _group_members(pgid: int) -> list[int]:
     """PIDs whose process group is `pgid` (the NSD we started and the children it forked)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # proc(5): state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+    return [pid for pid, fields in process_stats() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def spawn_in_own_session(name: str, argv: Sequence[str], log_dir: Path) -> subprocess.Popen[bytes]:
@@ -187,6 +177,37 @@ def spawn_in_own_session(name: str, argv: Sequence[str], log_dir: Path) -> subpr
     with open(log_dir / f"{name}.out", "wb") as out:
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def nsd_config(address: str, port: int, rundir: Path, zones: Sequence[tuple[str, Path]], *,
+               verbosity: int = 1, extra: str = "") -> str:
+    """nsd.conf for one NSD on address:port serving `zones` (name, zone file), every file of
+    its own in `rundir`, no chroot, no user change, no remote control; `extra` lines go into
+    the server clause."""
+    zone_clauses = "".join(f'zone:\n  name: "{name}"\n  zonefile: "{path}"\n'
+                           for name, path in zones)
+    return f"""server:
+  ip-address: {address}
+  port: {port}
+  do-ip4: yes
+  do-ip6: no
+  server-count: 1
+  username: ""
+  chroot: ""
+  zonesdir: "{rundir}"
+  database: ""
+  zonelistfile: "{rundir}/zone.list"
+  xfrdfile: "{rundir}/xfrd.state"
+  xfrdir: "{rundir}"
+  pidfile: "{rundir}/nsd.pid"
+  logfile: "{rundir}/nsd.log"
+  verbosity: {verbosity}
+  # Every query comes from one loopback address: rate limiting would starve the resolvers.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+{extra}remote-control:
+  control-enable: no
+{zone_clauses}"""
 
 
 class NsdHierarchy:
@@ -428,33 +449,11 @@ class NsdHierarchy:
     def _nsd_conf(self, host: _Host) -> Path:
         rundir = self.workdir / "nsd" / host.label
         rundir.mkdir(parents=True, exist_ok=True)
-        zones = "".join(
-            f'zone:\n  name: "{z.name}"\n  zonefile: "{self.workdir}/zones/{_file_stem(z)}.zone"\n'
-            for z in host.zones
-        )
         conf = rundir / "nsd.conf"
-        conf.write_text(f"""server:
-  ip-address: {host.address}
-  port: {self.port}
-  do-ip4: yes
-  do-ip6: no
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "{rundir}"
-  database: ""
-  zonelistfile: "{rundir}/zone.list"
-  xfrdfile: "{rundir}/xfrd.state"
-  xfrdir: "{rundir}"
-  pidfile: "{rundir}/nsd.pid"
-  logfile: "{rundir}/nsd.log"
-  verbosity: 1
-  # Every query comes from one loopback address: rate limiting would starve the resolvers.
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-remote-control:
-  control-enable: no
-{zones}""")
+        conf.write_text(nsd_config(
+            host.address, self.port, rundir,
+            [(z.name, self.workdir / "zones" / f"{_file_stem(z)}.zone") for z in host.zones],
+        ))
         return conf
 
     def _wait_answering(self, host: _Host, deadline: float) -> None:
