@@ -155,16 +155,9 @@ class ReplyMatcher:
         self._qtype_qclass = query_wire[end : end + 4]
         self._end = end
 
-    def matches(self, reply: bytes) -> bool:
-        """True if `reply` answers the query this matcher was built from."""
-        return self._match(reply, self._exact)
-
-    def case_differs(self, reply: bytes) -> bool:
-        """True if, with `exact_case`, `reply` fails to match only because its qname is in
-        another letter case: a server that does not preserve case, or a forgery."""
-        return self._exact and not self._match(reply, True) and self._match(reply, False)
-
-    def _match(self, reply: bytes, exact: bool) -> bool:
+    def matches(self, reply: bytes, *, exact_case: bool | None = None) -> bool:
+        """True if `reply` answers the query this matcher was built from; `exact_case`
+        overrides, for this call, how the qname's letter case is compared."""
         end = self._end
         if len(reply) < end + 4:
             return False
@@ -173,10 +166,17 @@ class ReplyMatcher:
         # The first name in a message cannot be a compression pointer (nothing precedes it to
         # point at), so comparing the same byte span is comparing the name.
         qname = reply[HEADER_SIZE:end]
+        exact = self._exact if exact_case is None else exact_case
         return (
             (qname == self._qname if exact else qname.lower() == self._qname_lower)
             and reply[end : end + 4] == self._qtype_qclass
         )
+
+    def case_differs(self, reply: bytes) -> bool:
+        """True if, with `exact_case`, `reply` fails to match only because its qname is in
+        another letter case: a server that does not preserve case, or a forgery."""
+        return (self._exact and not self.matches(reply)
+                and self.matches(reply, exact_case=False))
 
 
 def _question_name_end(wire: bytes) -> int:
