@@ -42,12 +42,27 @@ _POINTER_TO_QNAME = b"\xc0\x0c"  # RFC 1035 §4.1.4: a pointer to the question's
 
 
 class DirectAnswer(NamedTuple):
-    """Where the answer section of a direct answer ends, with and without its RRSIGs."""
+    """A direct answer: the response, and where its answer section ends, with and without
+    its RRSIGs."""
 
+    wire: bytes  # the server's response, as received
     data_count: int  # answer records of the question's type
     data_end: int  # offset just past them (where the first RRSIG starts, if any)
     rrsig_count: int
     answer_end: int  # offset just past the whole answer section
+
+    def reply(self, *, keep_dnssec: bool) -> bytes:
+        """The client's reply: header, question and answer records, RRSIGs only if
+        `keep_dnssec` (RFC 4035 §3.2.1). The authority and additional sections are left out,
+        as the general path leaves them out of a final answer; nothing after the cut can be
+        pointed at by what comes before it, since compression pointers only point backwards
+        (RFC 1035 §4.1.4)."""
+        if keep_dnssec:
+            count, end = self.data_count + self.rrsig_count, self.answer_end
+        else:
+            count, end = self.data_count, self.data_end
+        wire = self.wire
+        return wire[:2] + _HEADER.pack(0, _REPLY_FLAGS, 1, count, 0, 0)[2:] + wire[HEADER_SIZE:end]
 
 
 class _Malformed(Exception):
@@ -74,19 +89,6 @@ def scan_direct_answer(wire: bytes, qtype: int) -> DirectAnswer | None:
         return _scan(wire, qtype, qname_end, qname_labels, ancount, nscount)
     except (_Malformed, struct.error, IndexError):
         return None
-
-
-def direct_reply(wire: bytes, found: DirectAnswer, *, keep_dnssec: bool) -> bytes:
-    """The client's reply: header, question and answer records, RRSIGs only if `keep_dnssec`
-    (RFC 4035 §3.2.1). The authority and additional sections are left out, as the general
-    path leaves them out of a final answer; nothing after the cut can be pointed at by what
-    comes before it, since compression pointers only point backwards (RFC 1035 §4.1.4)."""
-    if keep_dnssec:
-        count, end = found.data_count + found.rrsig_count, found.answer_end
-    else:
-        count, end = found.data_count, found.data_end
-    qid = wire[:2]
-    return qid + _HEADER.pack(0, _REPLY_FLAGS, 1, count, 0, 0)[2:] + wire[HEADER_SIZE:end]
 
 
 def _scan(wire: bytes, qtype: int, qname_end: int, qname_labels: int, ancount: int,
@@ -136,7 +138,7 @@ def _scan(wire: bytes, qtype: int, qname_end: int, qname_labels: int, ancount: i
             return None
     if data_count == 0:
         return None
-    return DirectAnswer(data_count, answer_end if data_end < 0 else data_end, rrsig_count,
+    return DirectAnswer(wire, data_count, answer_end if data_end < 0 else data_end, rrsig_count,
                         answer_end)
 
 

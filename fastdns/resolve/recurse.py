@@ -37,7 +37,7 @@ import dns.rrset
 
 from fastdns.errors import QnameCaseMismatch, ResolveError, UpstreamTimeout
 from fastdns.resolve.coalesce import Coalescer
-from fastdns.resolve.direct import DirectAnswer, direct_reply, scan_direct_answer
+from fastdns.resolve.direct import DirectAnswer, scan_direct_answer
 from fastdns.resolve.hints import RootServer
 from fastdns.resolve.infra import Delegations, MessageCache, ServerInfo
 from fastdns.resolve.question import Answer, Question
@@ -98,7 +98,7 @@ class _Step(NamedTuple):
     server: str
     child: dns.name.Name | None = None  # for referrals: the delegated zone
     ns_names: tuple[dns.name.Name, ...] = ()  # for referrals: the child's servers
-    direct: tuple[bytes, DirectAnswer] | None = None  # the response is the client's reply
+    direct: DirectAnswer | None = None  # the response is the client's reply
 
 
 class _Outcome(NamedTuple):
@@ -106,7 +106,7 @@ class _Outcome(NamedTuple):
 
     server: str
     message: dns.message.Message | None = None
-    direct: tuple[bytes, DirectAnswer] | None = None
+    direct: DirectAnswer | None = None
 
 
 class _Budget:
@@ -215,8 +215,7 @@ class Recursor:
                          direct_for=(qname, q.qtype))
         outcome = await self._resolve_chain(qname, q.qtype, budget)
         if outcome.direct is not None:
-            wire, found = outcome.direct
-            return Answer(direct_reply(wire, found, keep_dnssec=q.do), outcome.server)
+            return Answer(outcome.direct.reply(keep_dnssec=q.do), outcome.server)
         message = outcome.message
         assert message is not None
         if not q.do:
@@ -522,7 +521,7 @@ class Recursor:
         if budget.direct_for == (qname, qtype):
             found = scan_direct_answer(wire, qtype)
             if found is not None:
-                return _Step("answer", None, zone, address, direct=(wire, found))
+                return _Step("answer", None, zone, address, direct=found)
         try:
             message = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError) as exc:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdns.resolve.direct import direct_reply, scan_direct_answer
+from fastdns.resolve.direct import scan_direct_answer
 
 T = dns.rdatatype
 QNAME = "www.example.org."
@@ -58,7 +58,7 @@ def test_a_signed_answer_passes_on_with_or_without_its_signatures() -> None:
     found = scan_direct_answer(wire, T.A)
     assert found is not None and (found.data_count, found.rrsig_count) == (1, 1)
 
-    with_sigs = dns.message.from_wire(direct_reply(wire, found, keep_dnssec=True))
+    with_sigs = dns.message.from_wire(found.reply(keep_dnssec=True))
     assert with_sigs.id == SIGNED_A.id
     assert with_sigs.question == SIGNED_A.question
     assert with_sigs.answer == SIGNED_A.answer
@@ -66,7 +66,7 @@ def test_a_signed_answer_passes_on_with_or_without_its_signatures() -> None:
     assert with_sigs.flags == dns.flags.QR | dns.flags.RA
     assert with_sigs.authority == [] and with_sigs.additional == []
 
-    without = dns.message.from_wire(direct_reply(wire, found, keep_dnssec=False))
+    without = dns.message.from_wire(found.reply(keep_dnssec=False))
     assert [r.rdtype for r in without.answer] == [T.A]
     assert without.answer[0] == SIGNED_A.answer[0]
 
@@ -88,7 +88,7 @@ def test_several_records_and_an_uncompressed_owner() -> None:
     wire = _two_aaaa_with_the_first_owner_spelt(dns.name.from_text(QNAME).to_wire())
     found = scan_direct_answer(wire, T.AAAA)
     assert found is not None and found.data_count == 2
-    parsed = dns.message.from_wire(direct_reply(wire, found, keep_dnssec=False))
+    parsed = dns.message.from_wire(found.reply(keep_dnssec=False))
     assert sorted(rd.address for rd in parsed.answer[0]) == ["::1", "::2"]
 
 
@@ -159,4 +159,4 @@ def test_random_bytes_never_raise(wire: bytes, qtype: int) -> None:
     found = scan_direct_answer(wire, qtype)
     if found is not None:
         assert found.data_end <= found.answer_end <= len(wire)
-        direct_reply(wire, found, keep_dnssec=False)
+        found.reply(keep_dnssec=False)
