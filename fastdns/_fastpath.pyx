@@ -596,9 +596,9 @@ cdef class HitPath:
 
     def drain_log_json(self, list upstream_names not None, random_bytes=None,
                        size_t max_bytes=0) -> bytes:
-        """Buffered records as SPEC §4 JSON lines (fastdns._logenc, one call per batch), oldest
-        first, removed from the buffer: all of them, or with max_bytes > 0 those in the first
-        max_bytes of the buffer (at least one), so the pump can let the hit path run between
+        """Buffered records as SPEC §4 JSON lines (fastdns._logenc, one call per chunk), oldest
+        first, removed from the buffer: all of them, or with max_bytes > 0 the oldest records
+        that fit in max_bytes (at least one), so the pump can let the hit path run between
         bounded chunks. upstream_names maps upstream indexes to names; random_bytes (16 per
         record, default os.urandom) supplies the request ids. Runs in the log pump."""
         cdef size_t start = self.log_start
